@@ -1,0 +1,326 @@
+package hub
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/knowledgehub/realtime/internal/event"
+	"github.com/knowledgehub/realtime/internal/protocol"
+)
+
+// Client is one connection attached to the hub.
+type Client struct {
+	ID        string
+	Transport string // "websocket" or "sse"
+
+	hub   *Hub
+	shard *shard
+	pos   int // index in shard.clients; guarded by shard.mu
+	sub   Subscription
+	sink  Sink
+
+	mu        sync.Mutex
+	last      event.ID       // last event written; later events only
+	replaying bool           // live events go to pending until the replay ends
+	pending   []*event.Event // live events held during the replay
+	closed    bool
+	expires   time.Time // token exp; zero when none
+	warned    bool
+	timer     *time.Timer
+	onClose   []func()
+
+	batch []*event.Event // shard worker only
+}
+
+// User returns the authenticated user id, "" for anonymous clients.
+func (c *Client) User() string { return c.sub.User }
+
+// OnClose registers f to run once when the client is closed or detached.
+func (c *Client) OnClose(f func()) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		f()
+		return
+	}
+	c.onClose = append(c.onClose, f)
+	c.mu.Unlock()
+}
+
+// deliver writes live events; it returns how many were written.
+func (c *Client) deliver(evs []*event.Event) int {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return 0
+	}
+	if c.replaying {
+		if len(c.pending)+len(evs) > c.hub.cfg.MaxPending {
+			c.mu.Unlock()
+			c.slow()
+			return 0
+		}
+		c.pending = append(c.pending, evs...)
+		c.mu.Unlock()
+		return 0
+	}
+	// Events at or before c.last were already sent (by a replay).
+	for len(evs) > 0 && !c.last.Less(evs[0].ID) {
+		evs = evs[1:]
+	}
+	if len(evs) == 0 {
+		c.mu.Unlock()
+		return 0
+	}
+	err := c.sink.WriteEvents(evs)
+	if err == nil {
+		c.last = evs[len(evs)-1].ID
+	}
+	c.mu.Unlock()
+	if err != nil {
+		c.writeFailed(err)
+		return 0
+	}
+	return len(evs)
+}
+
+// writeReplay writes one page of a replay; upTo is the last id the page
+// covered, matching or not. It reports whether the client is still open.
+func (c *Client) writeReplay(page []*event.Event, upTo event.ID) bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	var err error
+	if len(page) > 0 {
+		err = c.sink.WriteEvents(page)
+	}
+	if err == nil && c.last.Less(upTo) {
+		c.last = upTo
+	}
+	c.mu.Unlock()
+	if err != nil {
+		c.writeFailed(err)
+		return false
+	}
+	return true
+}
+
+// finishReplay flushes the live events held during the replay and switches
+// the client to live delivery.
+func (c *Client) finishReplay() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	held := c.pending
+	c.pending = nil
+	c.replaying = false
+	i := 0
+	for i < len(held) && !c.last.Less(held[i].ID) {
+		i++
+	}
+	held = held[i:]
+	var err error
+	if len(held) > 0 {
+		err = c.sink.WriteEvents(held)
+		if err == nil {
+			c.last = held[len(held)-1].ID
+		}
+	}
+	c.mu.Unlock()
+	if err != nil {
+		c.writeFailed(err)
+	}
+}
+
+func (c *Client) writeFailed(err error) {
+	if errors.Is(err, ErrSlow) {
+		c.slow()
+		return
+	}
+	c.Detach()
+}
+
+func (c *Client) slow() {
+	c.hub.obs.SlowConsumer(c.Transport)
+	c.Close(protocol.DisconnectSlow)
+}
+
+// control writes a control message.
+func (c *Client) control(name string, msg []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return errors.New("client closed")
+	}
+	return c.sink.WriteControl(name, msg)
+}
+
+// Send writes a control message to the client (replies to client messages).
+func (c *Client) Send(name string, msg []byte) {
+	if err := c.control(name, msg); err != nil && errors.Is(err, ErrSlow) {
+		c.slow()
+	}
+}
+
+func (c *Client) ping() {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	err := c.sink.Ping()
+	c.mu.Unlock()
+	if err != nil {
+		c.writeFailed(err)
+	}
+}
+
+// ErrTooManyJobs is returned by Subscribe beyond the per-connection cap.
+var ErrTooManyJobs = errors.New("too many job subscriptions")
+
+// Subscribe adds a job subscription; events of that job published from now
+// on are delivered.
+func (c *Client) Subscribe(job string) error {
+	s := c.shard
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := c.sub.Jobs[job]; ok {
+		return nil
+	}
+	if len(c.sub.Jobs) >= c.hub.cfg.MaxJobs {
+		return fmt.Errorf("%w: at most %d per connection", ErrTooManyJobs, c.hub.cfg.MaxJobs)
+	}
+	if c.sub.Jobs == nil {
+		c.sub.Jobs = make(map[string]struct{}, 1)
+	}
+	c.sub.Jobs[job] = struct{}{}
+	if c.pos >= 0 {
+		addIndex(s.byJob, job, c)
+	}
+	return nil
+}
+
+// Unsubscribe removes a job subscription.
+func (c *Client) Unsubscribe(job string) {
+	s := c.shard
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := c.sub.Jobs[job]; !ok {
+		return
+	}
+	delete(c.sub.Jobs, job)
+	removeIndex(s.byJob, job, c)
+}
+
+// ErrOtherUser is returned by Refresh for a token of another user.
+var ErrOtherUser = errors.New("token is for a different user")
+
+// Refresh extends the connection's authentication with a new token's expiry.
+func (c *Client) Refresh(user string, expires time.Time) error {
+	if user != c.sub.User {
+		return ErrOtherUser
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.expires = expires
+	c.warned = false
+	c.armExpiry()
+	return nil
+}
+
+// armExpiry (re)starts the token timer; c.mu is held.
+func (c *Client) armExpiry() {
+	if c.expires.IsZero() || c.closed {
+		if c.timer != nil {
+			c.timer.Stop()
+		}
+		return
+	}
+	d := time.Until(c.expires.Add(-c.hub.cfg.ExpiryWarning))
+	if c.warned || d <= 0 {
+		d = time.Until(c.expires)
+		if !c.warned && d > 0 {
+			d = 0 // warn at once: less than the warning period is left
+		}
+	}
+	if c.timer == nil {
+		c.timer = time.AfterFunc(d, c.expiryTimer)
+	} else {
+		c.timer.Reset(d)
+	}
+}
+
+func (c *Client) expiryTimer() {
+	c.mu.Lock()
+	if c.closed || c.expires.IsZero() {
+		c.mu.Unlock()
+		return
+	}
+	if !time.Now().Before(c.expires) {
+		c.mu.Unlock()
+		c.Close(protocol.DisconnectExpired)
+		return
+	}
+	if !c.warned {
+		c.warned = true
+		_ = c.sink.WriteControl("token_expiring", protocol.TokenExpiring(c.expires))
+	}
+	c.timer.Reset(time.Until(c.expires))
+	c.mu.Unlock()
+}
+
+// Expires returns the expiry of the connection's token.
+func (c *Client) Expires() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.expires
+}
+
+// Close ends the connection from the server side with reason d.
+func (c *Client) Close(d protocol.Disconnect) {
+	if c.finish() {
+		c.sink.Close(d)
+		c.hub.obs.Disconnect(c.Transport, d.Code)
+	}
+}
+
+// Detach removes a connection whose peer is gone.
+func (c *Client) Detach() {
+	if c.finish() {
+		c.sink.Close(protocol.DisconnectPeerGone)
+	}
+}
+
+// finish marks the client closed and unregisters it; it reports whether
+// this call did it.
+func (c *Client) finish() bool {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	c.closed = true
+	c.pending = nil
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	hooks := c.onClose
+	c.onClose = nil
+	attached := c.shard != nil
+	c.mu.Unlock()
+	if attached {
+		c.shard.remove(c)
+		c.hub.count.Add(-1)
+		c.hub.obs.ConnClosed(c.Transport, c.sub.User != "")
+	}
+	for _, f := range hooks {
+		f()
+	}
+	return true
+}

@@ -1,0 +1,255 @@
+// Package hub routes accepted events to connections. It follows the event log
+// in id order, matches each event against the connections' subscriptions
+// through per-user and per-job indexes, and writes the frames each event was
+// encoded into once. It knows nothing of the I/O library: connections are
+// Sinks.
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/knowledgehub/realtime/internal/event"
+	"github.com/knowledgehub/realtime/internal/protocol"
+	"github.com/knowledgehub/realtime/internal/store"
+)
+
+// Config tunes a Hub. Zero fields take the defaults of DefaultConfig.
+type Config struct {
+	Shards            int           // fan-out workers; default GOMAXPROCS
+	PingInterval      time.Duration // WebSocket pings; default 25s
+	KeepaliveInterval time.Duration // SSE keepalive comments; default 15s
+	ExpiryWarning     time.Duration // token_expiring is sent this long before exp; default 30s
+	MaxPending        int           // live events buffered for one client while it replays; default 10000
+	MaxJobs           int           // job subscriptions per connection; default 100
+	ReplayPage        int           // events read per store call during a replay; default 500
+}
+
+func (c Config) withDefaults() Config {
+	if c.Shards <= 0 {
+		c.Shards = runtime.GOMAXPROCS(0)
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = 25 * time.Second
+	}
+	if c.KeepaliveInterval <= 0 {
+		c.KeepaliveInterval = 15 * time.Second
+	}
+	if c.ExpiryWarning <= 0 {
+		c.ExpiryWarning = 30 * time.Second
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 10000
+	}
+	if c.MaxJobs <= 0 {
+		c.MaxJobs = 100
+	}
+	if c.ReplayPage <= 0 {
+		c.ReplayPage = 500
+	}
+	return c
+}
+
+// Hub is the routing core of one node.
+type Hub struct {
+	cfg    Config
+	log    store.Log
+	obs    Observer
+	logger *slog.Logger
+
+	shards []*shard
+	next   atomic.Uint32 // round-robin shard choice
+	count  atomic.Int64
+
+	mu       sync.Mutex
+	lastSeen event.ID // last id the hub dispatched
+}
+
+// New returns a hub that routes the events of log. obs may be nil.
+func New(cfg Config, log store.Log, obs Observer, logger *slog.Logger) *Hub {
+	cfg = cfg.withDefaults()
+	if obs == nil {
+		obs = nopObserver{}
+	}
+	if logger == nil {
+		logger = slog.Default()
+	}
+	h := &Hub{cfg: cfg, log: log, obs: obs, logger: logger}
+	h.shards = make([]*shard, cfg.Shards)
+	for i := range h.shards {
+		h.shards[i] = newShard(h)
+	}
+	return h
+}
+
+// Config returns the hub's effective configuration.
+func (h *Hub) Config() Config { return h.cfg }
+
+// Run follows the log and fans events out until ctx is done. It owns the
+// shard workers and the ping loops and returns after they stopped.
+func (h *Hub) Run(ctx context.Context) error {
+	bounds, err := h.log.Bounds(ctx)
+	if err != nil {
+		return fmt.Errorf("hub: read log bounds: %w", err)
+	}
+	var wg sync.WaitGroup
+	for _, s := range h.shards {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.run(ctx)
+		}()
+	}
+	followErr := h.log.Follow(ctx, bounds.Last, h.dispatch)
+	wg.Wait()
+	if followErr != nil && !errors.Is(followErr, context.Canceled) && !errors.Is(followErr, store.ErrClosed) {
+		return fmt.Errorf("hub: follow log: %w", followErr)
+	}
+	return nil
+}
+
+// dispatch hands a batch of events, in id order, to every shard.
+func (h *Hub) dispatch(evs []*event.Event) {
+	if len(evs) == 0 {
+		return
+	}
+	for _, s := range h.shards {
+		s.queue <- evs
+	}
+}
+
+// Count returns the number of attached clients.
+func (h *Hub) Count() int { return int(h.count.Load()) }
+
+// ErrUnknownID is returned for a resume id the hub never issued.
+var ErrUnknownID = errors.New("was never issued by this hub")
+
+// CheckResume validates a resume id before the handshake completes: an id
+// greater than the last id issued was never issued.
+func (h *Hub) CheckResume(ctx context.Context, id event.ID) error {
+	b, err := h.log.Bounds(ctx)
+	if err != nil {
+		return fmt.Errorf("read log bounds: %w", err)
+	}
+	if b.Last.Less(id) {
+		return ErrUnknownID
+	}
+	return nil
+}
+
+// NewClient creates a client for a connection that passed its handshake. It
+// is not routed to until Attach.
+func (h *Hub) NewClient(id, transport string, sub Subscription, expires time.Time, sink Sink) *Client {
+	return &Client{ID: id, Transport: transport, hub: h, sub: sub, sink: sink, expires: expires}
+}
+
+// Attach registers c and, when resume is set, replays the retained events
+// after resumeID first. Live events that arrive during the replay are held
+// and flushed after it, skipping any the replay already sent, so the switch
+// neither loses nor repeats an event. When the resume id is older than the
+// retained history, a gap message comes before the replay.
+func (h *Hub) Attach(ctx context.Context, c *Client, resume bool, resumeID event.ID) error {
+	s := h.shards[int(h.next.Add(1))%len(h.shards)]
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return errors.New("hub: attach: connection already closed")
+	}
+	c.replaying = resume
+	c.last = resumeID
+	c.shard = s
+	s.add(c) // lock order: Client.mu, then shard.mu
+	h.count.Add(1)
+	h.obs.ConnOpened(c.Transport, c.sub.User != "")
+	c.armExpiry()
+	c.mu.Unlock()
+	if !resume {
+		return nil
+	}
+	if err := h.replay(ctx, c, resumeID); err != nil {
+		c.Close(protocol.Disconnect{Code: 1011, Reason: "replay failed"})
+		return err
+	}
+	return nil
+}
+
+func (h *Hub) replay(ctx context.Context, c *Client, after event.ID) error {
+	bounds, err := h.log.Bounds(ctx)
+	if err != nil {
+		return fmt.Errorf("replay: bounds: %w", err)
+	}
+	gapChecked := false
+	var page []*event.Event
+	for {
+		evs, err := h.log.Read(ctx, after, h.cfg.ReplayPage)
+		if err != nil {
+			return fmt.Errorf("replay after %s: %w", after, err)
+		}
+		if !gapChecked {
+			gapChecked = true
+			if after.Less(bounds.Pruned) {
+				oldest := bounds.Last.String()
+				if len(evs) > 0 {
+					oldest = evs[0].ID.String()
+				}
+				if err := c.control("gap", protocol.Gap(after.String(), oldest)); err != nil {
+					return nil // the client is gone; its close path cleans up
+				}
+			}
+		}
+		page = page[:0]
+		c.shard.mu.RLock()
+		for _, e := range evs {
+			if c.sub.Matches(e) {
+				page = append(page, e)
+			}
+		}
+		c.shard.mu.RUnlock()
+		if len(evs) > 0 {
+			after = evs[len(evs)-1].ID
+		}
+		if !c.writeReplay(page, after) {
+			return nil
+		}
+		if len(evs) < h.cfg.ReplayPage {
+			break
+		}
+	}
+	c.finishReplay()
+	return nil
+}
+
+// Shutdown closes every client with 1001 (WebSocket) or a randomized
+// retry (SSE).
+func (h *Hub) Shutdown() {
+	for _, s := range h.shards {
+		for _, c := range s.snapshot() {
+			c.Close(protocol.DisconnectShutdown)
+		}
+	}
+}
+
+// DisconnectUser closes every connection of user on this node with d and
+// returns how many were closed.
+func (h *Hub) DisconnectUser(user string, d protocol.Disconnect) int {
+	n := 0
+	for _, s := range h.shards {
+		s.mu.RLock()
+		var victims []*Client
+		for c := range s.byUser[user] {
+			victims = append(victims, c)
+		}
+		s.mu.RUnlock()
+		for _, c := range victims {
+			c.Close(d)
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,49 @@
+package hub
+
+import (
+	"errors"
+	"time"
+
+	"github.com/knowledgehub/realtime/internal/event"
+	"github.com/knowledgehub/realtime/internal/protocol"
+)
+
+// Sink is a connection as the hub sees it: the transport (WebSocket or SSE)
+// behind it frames and writes. No method blocks: writes are queued by the
+// I/O engine, and a queue over its budget is reported as ErrSlow.
+type Sink interface {
+	// WriteEvents writes the already-framed events as one write, in order.
+	WriteEvents(evs []*event.Event) error
+	// WriteControl writes a control message; name is its SSE event name
+	// ("connected", "gap", "token_expiring", ...), which WebSocket ignores.
+	WriteControl(name string, msg []byte) error
+	// Ping writes a WebSocket ping or an SSE keepalive comment.
+	Ping() error
+	// Close ends the connection for reason d: a close frame with d's code for
+	// WebSocket; for SSE, a last frame when the reason calls for one. It is
+	// idempotent.
+	Close(d protocol.Disconnect)
+}
+
+// ErrSlow is returned by a Sink whose send queue is over its budget: the
+// client cannot keep up and is disconnected with 4208.
+var ErrSlow = errors.New("send queue over budget")
+
+// Observer receives the hub's measurements (the metrics package).
+type Observer interface {
+	Delivered(typeIndex int, n int)
+	ObserveDeliveryLatency(d time.Duration)
+	SlowConsumer(transport string)
+	Disconnect(transport string, code int)
+	ConnOpened(transport string, authenticated bool)
+	ConnClosed(transport string, authenticated bool)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) Delivered(int, int)                   {}
+func (nopObserver) ObserveDeliveryLatency(time.Duration) {}
+func (nopObserver) SlowConsumer(string)                  {}
+func (nopObserver) Disconnect(string, int)               {}
+func (nopObserver) ConnOpened(string, bool)              {}
+func (nopObserver) ConnClosed(string, bool)              {}

@@ -1,0 +1,334 @@
+// Package server assembles a node: the configured event log, the hub, the
+// transports and APIs on one HTTP mux, served by the nbio event loop; and
+// the graceful shutdown of SPEC §7.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/lesismal/nbio"
+	"github.com/lesismal/nbio/nbhttp"
+	"github.com/lesismal/nbio/nbhttp/websocket"
+
+	"github.com/knowledgehub/realtime/internal/api"
+	"github.com/knowledgehub/realtime/internal/auth"
+	"github.com/knowledgehub/realtime/internal/config"
+	"github.com/knowledgehub/realtime/internal/console"
+	"github.com/knowledgehub/realtime/internal/devkeys"
+	"github.com/knowledgehub/realtime/internal/event"
+	"github.com/knowledgehub/realtime/internal/handshake"
+	"github.com/knowledgehub/realtime/internal/hub"
+	"github.com/knowledgehub/realtime/internal/limits"
+	"github.com/knowledgehub/realtime/internal/metrics"
+	"github.com/knowledgehub/realtime/internal/origin"
+	"github.com/knowledgehub/realtime/internal/protocol"
+	"github.com/knowledgehub/realtime/internal/store"
+	"github.com/knowledgehub/realtime/internal/transport/sse"
+	"github.com/knowledgehub/realtime/internal/transport/ws"
+)
+
+// Server is one node.
+type Server struct {
+	cfg      *config.Config
+	logger   *slog.Logger
+	types    *event.Types
+	log      store.Log
+	hub      *hub.Hub
+	verifier *auth.Verifier
+	limiter  *limits.Limiter
+	metrics  *metrics.Metrics
+	checker  *handshake.Checker
+	engine   *nbhttp.Engine
+
+	runCtx    context.Context
+	runCancel context.CancelFunc
+
+	mu       sync.Mutex
+	listener net.Listener
+}
+
+// New builds a node from cfg. Nothing listens until Run.
+func New(cfg *config.Config, logger *slog.Logger) (*Server, error) {
+	s := &Server{cfg: cfg, logger: logger}
+	s.runCtx, s.runCancel = context.WithCancel(context.Background())
+	ok := false
+	defer func() {
+		if !ok {
+			s.runCancel()
+			if s.log != nil {
+				_ = s.log.Close()
+			}
+		}
+	}()
+
+	types, err := event.NewTypes(cfg.EventTypes)
+	if err != nil {
+		return nil, fmt.Errorf("setting event_types: %w", err)
+	}
+	s.types = types
+
+	if len(cfg.JWTSecrets) == 0 && cfg.JWKS == "" && len(cfg.PublishKeys) == 0 {
+		keys, created, err := devkeys.LoadOrCreate(cfg.DataDir)
+		if err != nil {
+			return nil, fmt.Errorf("setting data_dir: %w", err)
+		}
+		cfg.JWTSecrets = []string{keys.JWTSecret}
+		cfg.PublishKeys = []string{keys.PublishKey}
+		if len(cfg.AdminKeys) == 0 {
+			cfg.AdminKeys = []string{keys.AdminKey}
+		}
+		verb := "using"
+		if created {
+			verb = "created"
+		}
+		logger.Warn("no jwt_secret, jwks or publish_keys configured: "+verb+" development credentials; `knowledgehub token` and `knowledgehub publish` on this machine find them", "file", devkeys.Path(cfg.DataDir))
+	}
+
+	s.verifier, err = auth.New(s.runCtx, auth.Config{Secrets: cfg.JWTSecrets, JWKS: cfg.JWKS, Issuer: cfg.JWTIssuer, Audience: cfg.JWTAudience, Logger: logger})
+	if err != nil {
+		return nil, err
+	}
+	origins := cfg.AllowedOrigins
+	if len(origins) == 0 {
+		origins = origin.Default(cfg.Port())
+	}
+	originChecker, err := origin.New(origins)
+	if err != nil {
+		return nil, fmt.Errorf("setting allowed_origins: %w", err)
+	}
+	trusted, err := limits.ParseTrusted(cfg.TrustedProxies)
+	if err != nil {
+		return nil, fmt.Errorf("setting trusted_proxies: %w", err)
+	}
+	s.limiter = limits.New(limits.Config{
+		MaxConnections: cfg.MaxConnections, MaxPerUser: cfg.MaxConnsPerUser, MaxPerIP: cfg.MaxConnsPerIP,
+		RatePerIP: cfg.ConnectRatePerIP, RatePerUser: cfg.ConnectRatePerUsr,
+	})
+	s.metrics = metrics.New(types.Names())
+
+	s.log, err = openLog(s.runCtx, cfg, types, logger)
+	if err != nil {
+		return nil, err
+	}
+	s.hub = hub.New(hub.Config{
+		PingInterval: cfg.PingInterval, KeepaliveInterval: cfg.SSEKeepalive, MaxJobs: cfg.MaxSubscriptions,
+	}, s.log, s.metrics, logger)
+	s.checker = &handshake.Checker{Types: types, Hub: s.hub, Verifier: s.verifier, Origins: originChecker, Limiter: s.limiter, Trusted: trusted, Observer: s.metrics}
+
+	s.engine = nbhttp.NewEngine(nbhttp.Config{
+		Name:                    "knowledgehub",
+		Network:                 "tcp",
+		Addrs:                   []string{cfg.Addr},
+		Listen:                  s.listen,
+		MaxLoad:                 cfg.MaxConnections + 1024,
+		ReleaseWebsocketPayload: true,
+		MaxWriteBufferSize:      2*cfg.MaxQueueBytes + 64<<10,
+		MaxHTTPBodySize:         cfg.MaxBodyBytes + 4096,
+		KeepaliveTime:           60 * time.Second,
+		Handler:                 s.routes(),
+	})
+	s.engine.OnWrittenSize(countWritten)
+	ok = true
+	return s, nil
+}
+
+// openLog opens the configured event log.
+func openLog(ctx context.Context, cfg *config.Config, types *event.Types, logger *slog.Logger) (store.Log, error) {
+	ret := store.Retention{MaxEvents: cfg.HistorySize, MaxAge: cfg.HistoryTTL}
+	switch cfg.Store {
+	case "memory":
+		return store.NewMemory(ret), nil
+	default:
+		return nil, fmt.Errorf("setting store: %q is not available in this build", cfg.Store)
+	}
+}
+
+// countWritten tells a connection's writer how many bytes the engine wrote.
+func countWritten(c *nbio.Conn, _ []byte, n int) {
+	type counter interface{ Written(int) }
+	switch s := c.Session().(type) {
+	case *websocket.Conn:
+		if w, ok := s.Session().(counter); ok {
+			w.Written(n)
+		}
+	case counter:
+		s.Written(n)
+	}
+}
+
+func (s *Server) listen(network, addr string) (net.Listener, error) {
+	ln, err := net.Listen(network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("setting addr: listen on %s: %w", addr, err)
+	}
+	s.mu.Lock()
+	s.listener = ln
+	s.mu.Unlock()
+	return ln, nil
+}
+
+// Addr returns the address the server listens on, once Run started it.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.listener == nil {
+		return nil
+	}
+	return s.listener.Addr()
+}
+
+// Hub returns the node's hub.
+func (s *Server) Hub() *hub.Hub { return s.hub }
+
+// Metrics returns the node's metrics.
+func (s *Server) Metrics() *metrics.Metrics { return s.metrics }
+
+func (s *Server) routes() http.Handler {
+	cfg := s.cfg
+	mux := http.NewServeMux()
+	wsHandler := ws.New(s.runCtx, ws.Config{
+		MaxMessageBytes: cfg.MaxMessageBytes, MaxQueueBytes: cfg.MaxQueueBytes, MessageRate: cfg.MessageRate, PingInterval: cfg.PingInterval,
+	}, s.engine, s.checker, s.hub, s.logger)
+	sseHandler := sse.New(s.runCtx, sse.Config{AllowedOrigins: cfg.SSEAllowedOrigins, Retry: cfg.SSERetry, MaxQueueBytes: cfg.MaxQueueBytes}, s.checker, s.hub, s.logger)
+	publisher := &api.Publisher{
+		Log: s.log, Types: s.types, Keys: api.NewKeys(cfg.PublishKeys),
+		Limits:       event.Limits{MaxDataBytes: cfg.MaxEventBytes, MaxBatch: cfg.MaxBatch},
+		MaxBodyBytes: cfg.MaxBodyBytes, Observer: s.metrics, Logger: s.logger,
+	}
+	history := &api.History{Log: s.log, Types: s.types, Verify: s.checker.Verify, MaxLimit: 1000, CORS: sseHandler.CORS}
+
+	mux.Handle("/ws/notifications", wsHandler)
+	mux.Handle("/api/realtime/stream", sseHandler)
+	mux.HandleFunc("/api/realtime/events", func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodPost:
+			if s.checker.Draining() {
+				protocol.WriteError(w, http.StatusServiceUnavailable, "shutting_down", "server is shutting down; retry on another node", 2*time.Second)
+				return
+			}
+			publisher.ServeHTTP(w, r)
+		case http.MethodGet:
+			history.ServeHTTP(w, r)
+		case http.MethodOptions:
+			sseHandler.CORS(w, r)
+			w.Header().Set("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
+			w.Header().Set("Access-Control-Allow-Headers", "Authorization, Content-Type, Idempotency-Key")
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.Header().Set("Allow", "GET, POST, OPTIONS")
+			protocol.WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use POST to publish or GET for history", 0)
+		}
+	})
+	mux.HandleFunc("/api/realtime/stats", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		_ = json.NewEncoder(w).Encode(s.metrics.Snapshot())
+	})
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
+	})
+	mux.HandleFunc("/readyz", s.readyz)
+	mux.Handle("/metrics", s.metrics.Handler())
+	mux.Handle("/", console.Handler())
+	return s.accessLog(s.recoverPanics(mux))
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if s.checker.Draining() {
+		protocol.WriteError(w, http.StatusServiceUnavailable, "not_ready", "shutting down", 0)
+		return
+	}
+	if err := s.log.Ping(ctx); err != nil {
+		protocol.WriteError(w, http.StatusServiceUnavailable, "not_ready", "event log unreachable: "+err.Error(), 0)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write([]byte(`{"status":"ready"}` + "\n"))
+}
+
+// Run serves until ctx is done, then shuts down gracefully: new handshakes
+// and publishes get 503, WebSockets are closed with 1001, SSE streams end
+// with a randomized retry, and the log is flushed and closed.
+func (s *Server) Run(ctx context.Context) error {
+	hubDone := make(chan error, 1)
+	go func() { hubDone <- s.hub.Run(s.runCtx) }()
+	limiterDone := make(chan struct{})
+	go func() { defer close(limiterDone); s.limiter.Run(s.runCtx) }()
+
+	if err := s.engine.Start(); err != nil {
+		s.runCancel()
+		<-hubDone
+		<-limiterDone
+		_ = s.log.Close()
+		return fmt.Errorf("start listener: %w", err)
+	}
+	s.logger.Info("knowledgehub listening", "addr", s.Addr().String(), "store", s.cfg.Store)
+	if s.cfg.Store != "memory" || len(s.cfg.JWTSecrets) > 0 {
+		s.recordURL()
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-hubDone:
+		runErr = err
+		hubDone <- err
+	}
+	s.logger.Info("shutting down")
+	s.checker.Drain()
+	s.hub.Shutdown()
+	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
+	for s.hub.Count() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // let the last close frames leave
+	shutCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
+	defer cancel()
+	_ = s.engine.Shutdown(shutCtx)
+	s.runCancel()
+	if err := <-hubDone; err != nil && runErr == nil {
+		runErr = err
+	}
+	<-limiterDone
+	s.verifier.Close()
+	if err := s.log.Close(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("close event log: %w", err)
+	}
+	s.logger.Info("stopped")
+	return runErr
+}
+
+// recordURL stores where this server listens next to the development
+// credentials, so the CLI finds it.
+func (s *Server) recordURL() {
+	keys, err := devkeys.Load(s.cfg.DataDir)
+	if err != nil {
+		return
+	}
+	keys.URL = "http://" + localAddr(s.Addr())
+	if err := devkeys.Save(s.cfg.DataDir, keys); err != nil {
+		s.logger.Warn("could not record the server address", "err", err)
+	}
+}
+
+func localAddr(a net.Addr) string {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	if tcp.IP == nil || tcp.IP.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", fmt.Sprint(tcp.Port))
+	}
+	return tcp.String()
+}
+
