@@ -132,9 +132,11 @@ func New(cfg *config.Config, logger *slog.Logger) (*Server, error) {
 		MaxWriteBufferSize:      2*cfg.MaxQueueBytes + 64<<10,
 		MaxHTTPBodySize:         cfg.MaxBodyBytes + 4096,
 		KeepaliveTime:           60 * time.Second,
-		Handler:                 s.routes(),
 	})
+	// The WebSocket upgrader needs the engine, so routes are built after it.
+	s.engine.Handler = s.routes()
 	s.engine.OnWrittenSize(countWritten)
+	raceSyncHandoff(s.engine.Engine)
 	ok = true
 	return s, nil
 }
@@ -331,4 +333,3 @@ func localAddr(a net.Addr) string {
 	}
 	return tcp.String()
 }
-
