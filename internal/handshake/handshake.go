@@ -120,7 +120,7 @@ func (c *Checker) Check(w http.ResponseWriter, r *http.Request, transport string
 		cancel()
 		switch {
 		case errors.Is(err, hub.ErrUnknownID):
-			c.reject(w, "parameter", http.StatusBadRequest, "invalid_parameter", fmt.Sprintf("last_event_id: %q %v", params.ResumeRaw, err), 0)
+			c.reject(w, "parameter", http.StatusBadRequest, "invalid_parameter", fmt.Sprintf("%s: %q %v", params.ResumeParam, params.ResumeRaw, err), 0)
 			return fail()
 		case err != nil:
 			c.reject(w, "store", http.StatusServiceUnavailable, "unavailable", "event log unavailable; retry shortly", 2*time.Second)
@@ -149,6 +149,12 @@ func (c *Checker) verify(token string) (auth.Claims, *auth.Error) {
 			return claims, ae
 		}
 		return claims, &auth.Error{Reason: "malformed", Err: err}
+	}
+	// The verifier forgives a few seconds of clock skew on exp; a live
+	// connection cannot use an expired token at all, or it would be accepted
+	// and expire in the same instant, over and over.
+	if !claims.ExpiresAt.IsZero() && !time.Now().Before(claims.ExpiresAt) {
+		return auth.Claims{}, &auth.Error{Reason: auth.ReasonExpired}
 	}
 	if c.Revoked != nil && c.Revoked(claims) {
 		return auth.Claims{}, &auth.Error{Reason: "revoked"}

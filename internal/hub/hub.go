@@ -66,9 +66,6 @@ type Hub struct {
 	shards []*shard
 	next   atomic.Uint32 // round-robin shard choice
 	count  atomic.Int64
-
-	mu       sync.Mutex
-	lastSeen event.ID // last id the hub dispatched
 }
 
 // New returns a hub that routes the events of log. obs may be nil.
@@ -127,17 +124,20 @@ func (h *Hub) dispatch(evs []*event.Event) {
 // Count returns the number of attached clients.
 func (h *Hub) Count() int { return int(h.count.Load()) }
 
-// ErrUnknownID is returned for a resume id the hub never issued.
-var ErrUnknownID = errors.New("was never issued by this hub")
+// ErrUnknownID is returned for a resume id the hub cannot have issued.
+var ErrUnknownID = errors.New("was never issued by this hub (it lies in the future)")
 
-// CheckResume validates a resume id before the handshake completes: an id
-// greater than the last id issued was never issued.
+// futureSlack is how far ahead of this node's clock an id may lie and still
+// be taken for one issued by another node of the hub whose clock is ahead.
+const futureSlack = time.Minute
+
+// CheckResume validates a resume id before the handshake completes. An id
+// from the future was never issued: 400. An id past the last one issued but
+// not in the future belongs to a history this log no longer has (a restarted
+// memory store, a replaced Redis); the client is let in and told about the
+// gap, since a browser's EventSource gives up for good on a 400.
 func (h *Hub) CheckResume(ctx context.Context, id event.ID) error {
-	b, err := h.log.Bounds(ctx)
-	if err != nil {
-		return fmt.Errorf("read log bounds: %w", err)
-	}
-	if b.Last.Less(id) {
+	if id.Ms > uint64(time.Now().Add(futureSlack).UnixMilli()) {
 		return ErrUnknownID
 	}
 	return nil
@@ -180,24 +180,22 @@ func (h *Hub) Attach(ctx context.Context, c *Client, resume bool, resumeID event
 }
 
 func (h *Hub) replay(ctx context.Context, c *Client, after event.ID) error {
-	bounds, err := h.log.Bounds(ctx)
-	if err != nil {
-		return fmt.Errorf("replay: bounds: %w", err)
-	}
-	gapChecked := false
+	first := true
 	var page []*event.Event
 	for {
 		evs, err := h.log.Read(ctx, after, h.cfg.ReplayPage)
 		if err != nil {
 			return fmt.Errorf("replay after %s: %w", after, err)
 		}
-		if !gapChecked {
-			gapChecked = true
-			if after.Less(bounds.Pruned) {
-				oldest := bounds.Last.String()
-				if len(evs) > 0 {
-					oldest = evs[0].ID.String()
-				}
+		if first {
+			first = false
+			// Bounds after Read: a prune that raced the read shows in the
+			// watermark, so a gap is never missed.
+			bounds, err := h.log.Bounds(ctx)
+			if err != nil {
+				return fmt.Errorf("replay: bounds: %w", err)
+			}
+			if gap, oldest := gapAfter(after, bounds, evs); gap {
 				if err := c.control("gap", protocol.Gap(after.String(), oldest)); err != nil {
 					return nil // the client is gone; its close path cleans up
 				}
@@ -223,6 +221,19 @@ func (h *Hub) replay(ctx context.Context, c *Client, after event.ID) error {
 	}
 	c.finishReplay()
 	return nil
+}
+
+// gapAfter reports whether events after `after` may have been lost: they
+// were pruned, or the id is past everything this log issued (its history
+// was reset, as a restarted memory store or a new Redis is). oldest is the
+// first event the client will receive, or the last issued id when none is
+// retained.
+func gapAfter(after event.ID, b store.Bounds, firstPage []*event.Event) (bool, string) {
+	oldest := b.Last.String()
+	if len(firstPage) > 0 {
+		oldest = firstPage[0].ID.String()
+	}
+	return after.Less(b.Pruned) || b.Last.Less(after), oldest
 }
 
 // Shutdown closes every client with 1001 (WebSocket) or a randomized

@@ -11,12 +11,13 @@ import (
 
 // Params are the connection parameters of SPEC §2 and §3.
 type Params struct {
-	Token     string
-	Types     event.TypeSet // empty: every type
-	Jobs      []string      // subscribed from the start
-	Resume    bool          // a last event id was given
-	ResumeID  event.ID
-	ResumeRaw string
+	Token       string
+	Types       event.TypeSet // empty: every type
+	Jobs        []string      // subscribed from the start
+	Resume      bool          // a last event id was given
+	ResumeID    event.ID
+	ResumeRaw   string
+	ResumeParam string // where it came from: last_event_id, lastEventId or Last-Event-ID
 }
 
 // ParamError names a bad connection parameter; the handshake answers 400.
@@ -112,7 +113,7 @@ func ParseParams(r *http.Request, types *event.Types, maxJobs int, lastEventIDHe
 		if err != nil {
 			return p, &ParamError{param, fmt.Sprintf("%q: %v", clip(raw), err)}
 		}
-		p.Resume, p.ResumeID, p.ResumeRaw = true, id, raw
+		p.Resume, p.ResumeID, p.ResumeRaw, p.ResumeParam = true, id, raw, param
 	}
 	return p, nil
 }

@@ -20,24 +20,39 @@ func RedactURL(u *url.URL) string {
 	if u.RawQuery == "" {
 		return u.Path
 	}
-	parts := strings.Split(u.RawQuery, "&")
-	for i, p := range parts {
-		name, _, _ := strings.Cut(p, "=")
+	// Split on ";" too: some servers take it as a separator, and a request
+	// using it must not carry its token into the log.
+	var b strings.Builder
+	b.WriteString(u.Path)
+	b.WriteByte('?')
+	rest := u.RawQuery
+	for rest != "" {
+		i := strings.IndexAny(rest, "&;")
+		part, sep := rest, ""
+		if i >= 0 {
+			part, sep, rest = rest[:i], rest[i:i+1], rest[i+1:]
+		} else {
+			rest = ""
+		}
+		name, _, _ := strings.Cut(part, "=")
 		if n, err := url.QueryUnescape(name); err == nil {
 			name = n
 		}
-		if strings.EqualFold(name, "token") || strings.EqualFold(name, "access_token") {
-			parts[i] = name + "=REDACTED"
+		if strings.EqualFold(strings.TrimSpace(name), "token") || strings.EqualFold(strings.TrimSpace(name), "access_token") {
+			part = "token=REDACTED"
 		}
+		b.WriteString(part)
+		b.WriteString(sep)
 	}
-	return u.Path + "?" + strings.Join(parts, "&")
+	return b.String()
 }
 
 // statusRecorder remembers the status of a response and keeps the
 // connection hijackable.
 type statusRecorder struct {
 	http.ResponseWriter
-	status int
+	status  int
+	upgrade bool // a WebSocket handshake: a taken-over connection answered 101
 }
 
 func (r *statusRecorder) WriteHeader(code int) {
@@ -66,7 +81,12 @@ func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, errors.New("response cannot be hijacked")
 	}
 	if r.status == 0 {
-		r.status = http.StatusSwitchingProtocols
+		// The taken-over connection is answered by its transport: 101 for a
+		// WebSocket upgrade, 200 for an SSE stream.
+		r.status = http.StatusOK
+		if r.upgrade {
+			r.status = http.StatusSwitchingProtocols
+		}
 	}
 	return hj.Hijack()
 }
@@ -76,7 +96,7 @@ func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 func (s *Server) accessLog(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := &statusRecorder{ResponseWriter: w}
+		rec := &statusRecorder{ResponseWriter: w, upgrade: r.Header.Get("Upgrade") != ""}
 		next.ServeHTTP(rec, r)
 		if r.URL.Path == "/metrics" || r.URL.Path == "/healthz" || r.URL.Path == "/readyz" || r.URL.Path == "/api/realtime/stats" {
 			return
@@ -88,6 +108,27 @@ func (s *Server) accessLog(next http.Handler) http.Handler {
 		s.logger.Log(r.Context(), level, "http",
 			"method", r.Method, "url", RedactURL(r.URL), "status", rec.status,
 			"remote", r.RemoteAddr, "duration_ms", time.Since(start).Milliseconds())
+	})
+}
+
+// maxHeaderBytes bounds the request head: net/http allows 1 MiB, but no
+// client of this gateway needs more than a token and a few headers.
+const maxHeaderBytes = 64 << 10
+
+// limitHeaders refuses requests with oversized heads (431).
+func limitHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := len(r.RequestURI)
+		for k, vs := range r.Header {
+			for _, v := range vs {
+				n += len(k) + len(v) + 4
+			}
+		}
+		if n > maxHeaderBytes {
+			protocol.WriteError(w, http.StatusRequestHeaderFieldsTooLarge, "headers_too_large", "request head over 64 KiB", 0)
+			return
+		}
+		next.ServeHTTP(w, r)
 	})
 }
 

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/lesismal/nbio"
 	"github.com/lesismal/nbio/nbhttp"
 	"github.com/lesismal/nbio/nbhttp/websocket"
@@ -30,6 +31,8 @@ import (
 	"github.com/knowledgehub/realtime/internal/origin"
 	"github.com/knowledgehub/realtime/internal/protocol"
 	"github.com/knowledgehub/realtime/internal/store"
+	"github.com/knowledgehub/realtime/internal/store/disk"
+	redislog "github.com/knowledgehub/realtime/internal/store/redis"
 	"github.com/knowledgehub/realtime/internal/transport/sse"
 	"github.com/knowledgehub/realtime/internal/transport/ws"
 )
@@ -43,9 +46,11 @@ type Server struct {
 	hub      *hub.Hub
 	verifier *auth.Verifier
 	limiter  *limits.Limiter
-	metrics  *metrics.Metrics
-	checker  *handshake.Checker
-	engine   *nbhttp.Engine
+	// userCounter counts users' connections across nodes (store: redis).
+	userCounter *redislog.ConnCounter
+	metrics     *metrics.Metrics
+	checker     *handshake.Checker
+	engine      *nbhttp.Engine
 
 	runCtx    context.Context
 	runCancel context.CancelFunc
@@ -57,6 +62,7 @@ type Server struct {
 // New builds a node from cfg. Nothing listens until Run.
 func New(cfg *config.Config, logger *slog.Logger) (*Server, error) {
 	s := &Server{cfg: cfg, logger: logger}
+	routeEngineLogs(logger)
 	s.runCtx, s.runCancel = context.WithCancel(context.Background())
 	ok := false
 	defer func() {
@@ -107,16 +113,23 @@ func New(cfg *config.Config, logger *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("setting trusted_proxies: %w", err)
 	}
-	s.limiter = limits.New(limits.Config{
-		MaxConnections: cfg.MaxConnections, MaxPerUser: cfg.MaxConnsPerUser, MaxPerIP: cfg.MaxConnsPerIP,
-		RatePerIP: cfg.ConnectRatePerIP, RatePerUser: cfg.ConnectRatePerUsr,
-	})
 	s.metrics = metrics.New(types.Names())
 
 	s.log, err = openLog(s.runCtx, cfg, types, logger)
 	if err != nil {
 		return nil, err
 	}
+	limitCfg := limits.Config{
+		MaxConnections: cfg.MaxConnections, MaxPerUser: cfg.MaxConnsPerUser, MaxPerIP: cfg.MaxConnsPerIP,
+		RatePerIP: cfg.ConnectRatePerIP, RatePerUser: cfg.ConnectRatePerUsr,
+		OnError: func(err error) { logger.Warn("cluster connection count unavailable; local limits apply", "err", err) },
+	}
+	if rl, isRedis := s.log.(*redislog.Log); isRedis {
+		// Every node on the Redis counts a user's connections in one place.
+		s.userCounter = redislog.NewConnCounter(rl.Client(), rl.Prefix(), uuid.NewString(), 0, logger)
+		limitCfg.UserCounter = s.userCounter
+	}
+	s.limiter = limits.New(limitCfg)
 	s.hub = hub.New(hub.Config{
 		PingInterval: cfg.PingInterval, KeepaliveInterval: cfg.SSEKeepalive, MaxJobs: cfg.MaxSubscriptions,
 	}, s.log, s.metrics, logger)
@@ -130,9 +143,18 @@ func New(cfg *config.Config, logger *slog.Logger) (*Server, error) {
 		MaxLoad:                 cfg.MaxConnections + 1024,
 		ReleaseWebsocketPayload: true,
 		MaxWriteBufferSize:      2*cfg.MaxQueueBytes + 64<<10,
-		MaxHTTPBodySize:         cfg.MaxBodyBytes + 4096,
-		KeepaliveTime:           60 * time.Second,
+		// Our handler answers 413 for bodies over max_body_bytes; the engine
+		// cuts off (closes) only those over twice that.
+		MaxHTTPBodySize: 2*cfg.MaxBodyBytes + 64<<10,
+		// Unparsed bytes one connection may make the engine hold: a request
+		// head and body (heads over 64 KiB are then refused with 431).
+		ReadLimit:     2*cfg.MaxBodyBytes + 1<<20,
+		KeepaliveTime: 60 * time.Second,
 	})
+	// Client messages are checked for UTF-8 by the protocol, which answers
+	// bad_message and keeps the connection, as SPEC §2 promises; the
+	// engine's own check would close it with 1002.
+	s.engine.CheckUtf8 = func([]byte) bool { return true }
 	// The WebSocket upgrader needs the engine, so routes are built after it.
 	s.engine.Handler = s.routes()
 	s.engine.OnWrittenSize(countWritten)
@@ -147,8 +169,20 @@ func openLog(ctx context.Context, cfg *config.Config, types *event.Types, logger
 	switch cfg.Store {
 	case "memory":
 		return store.NewMemory(ret), nil
+	case "disk":
+		l, err := disk.Open(cfg.DataDir, types, ret, logger)
+		if err != nil {
+			return nil, fmt.Errorf("setting store: disk: %w", err)
+		}
+		return l, nil
+	case "redis":
+		l, err := redislog.Open(ctx, cfg.RedisURL, cfg.RedisPrefix, types, ret, logger)
+		if err != nil {
+			return nil, fmt.Errorf("setting store: redis: %w", err)
+		}
+		return l, nil
 	default:
-		return nil, fmt.Errorf("setting store: %q is not available in this build", cfg.Store)
+		return nil, fmt.Errorf("setting store: unknown store %q", cfg.Store)
 	}
 }
 
@@ -240,7 +274,7 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("/readyz", s.readyz)
 	mux.Handle("/metrics", s.metrics.Handler())
 	mux.Handle("/", console.Handler())
-	return s.accessLog(s.recoverPanics(mux))
+	return s.accessLog(s.recoverPanics(limitHeaders(mux)))
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
@@ -264,13 +298,17 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 func (s *Server) Run(ctx context.Context) error {
 	hubDone := make(chan error, 1)
 	go func() { hubDone <- s.hub.Run(s.runCtx) }()
-	limiterDone := make(chan struct{})
-	go func() { defer close(limiterDone); s.limiter.Run(s.runCtx) }()
+	// Background workers of the node, stopped by runCancel.
+	var background sync.WaitGroup
+	background.Go(func() { s.limiter.Run(s.runCtx) })
+	if s.userCounter != nil {
+		background.Go(func() { s.userCounter.Run(s.runCtx) })
+	}
 
 	if err := s.engine.Start(); err != nil {
 		s.runCancel()
 		<-hubDone
-		<-limiterDone
+		background.Wait()
 		_ = s.log.Close()
 		return fmt.Errorf("start listener: %w", err)
 	}
@@ -301,7 +339,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := <-hubDone; err != nil && runErr == nil {
 		runErr = err
 	}
-	<-limiterDone
+	background.Wait()
 	s.verifier.Close()
 	if err := s.log.Close(); err != nil && runErr == nil {
 		runErr = fmt.Errorf("close event log: %w", err)

@@ -23,6 +23,8 @@ type Memory struct {
 	keys     map[string]keyEntry
 	follower func([]*event.Event)
 	closed   bool
+	done     chan struct{} // closed by Close
+	keySweep time.Time     // last sweep of expired idempotency keys
 }
 
 type keyEntry struct {
@@ -32,7 +34,7 @@ type keyEntry struct {
 
 // NewMemory returns an empty memory log with the given retention.
 func NewMemory(r Retention) *Memory {
-	return &Memory{retention: r, now: time.Now, keys: make(map[string]keyEntry)}
+	return &Memory{retention: r, now: time.Now, keys: make(map[string]keyEntry), done: make(chan struct{})}
 }
 
 // Append implements Log.
@@ -81,14 +83,27 @@ func (m *Memory) prune(now time.Time) {
 		for drop < len(m.events) && m.events[drop].Time.Before(cutoff) {
 			drop++
 		}
-		for k, v := range m.keys {
-			if v.at.Before(cutoff) {
-				delete(m.keys, k)
+		if now.Sub(m.keySweep) > time.Second {
+			m.keySweep = now
+			for k, v := range m.keys {
+				if v.at.Before(cutoff) {
+					delete(m.keys, k)
+				}
 			}
 		}
 	}
 	if drop == 0 {
 		return
+	}
+	if m.retention.MaxAge <= 0 && len(m.keys) > 2*m.retention.MaxEvents {
+		// Without an age limit, a key lives as long as the events it names
+		// (swept when the keys outnumber the events twice over).
+		oldest := m.events[drop-1].Time
+		for k, v := range m.keys {
+			if !v.at.After(oldest) {
+				delete(m.keys, k)
+			}
+		}
 	}
 	m.pruned = m.events[drop-1].ID
 	m.events = append(m.events[:0:0], m.events[drop:]...)
@@ -133,11 +148,17 @@ func (m *Memory) Follow(ctx context.Context, after event.ID, fn func([]*event.Ev
 	}
 	m.follower = fn
 	m.mu.Unlock()
-	<-ctx.Done()
+	var err error
+	select {
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-m.done:
+		err = ErrClosed
+	}
 	m.mu.Lock()
 	m.follower = nil
 	m.mu.Unlock()
-	return ctx.Err()
+	return err
 }
 
 // Ping implements Log.
@@ -146,7 +167,10 @@ func (m *Memory) Ping(ctx context.Context) error { return nil }
 // Close implements Log.
 func (m *Memory) Close() error {
 	m.mu.Lock()
-	m.closed = true
-	m.mu.Unlock()
+	defer m.mu.Unlock()
+	if !m.closed {
+		m.closed = true
+		close(m.done)
+	}
 	return nil
 }

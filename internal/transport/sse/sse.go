@@ -252,4 +252,3 @@ func (s *stream) CloseAndClean(error) {
 		c.Detach()
 	}
 }
-

@@ -54,6 +54,19 @@ func New(ctx context.Context, cfg Config, engine *nbhttp.Engine, checker *handsh
 	u.MessageLengthLimit = cfg.MaxMessageBytes
 	handler := &Handler{cfg: cfg, checker: checker, hub: h, logger: logger, upgrader: u, ctx: ctx}
 	u.OnMessage(handler.onMessage)
+	u.SetCloseHandler(func(c *websocket.Conn, code int, text string) {
+		// A close frame answers ours, or starts the closing handshake. Only
+		// in the second case is one sent back: a second close frame from the
+		// server makes browsers report 1006 instead of our code.
+		if s, ok := c.Session().(*sink); ok && s.closed.Swap(true) {
+			return
+		}
+		if code == 1005 {
+			_ = c.WriteMessage(websocket.CloseMessage, nil)
+			return
+		}
+		_ = c.WriteClose(code, "")
+	})
 	u.OnClose(func(c *websocket.Conn, err error) {
 		if s, ok := c.Session().(*sink); ok && s.client != nil {
 			s.client.Detach()

@@ -1,0 +1,10 @@
+package redistest
+
+import "syscall"
+
+// sysProcAttr makes the kernel kill redis-server when the test process
+// dies, so that a test binary that panics or is killed leaves no server
+// behind.
+func sysProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+}
