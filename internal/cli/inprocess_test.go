@@ -254,8 +254,9 @@ func TestListenTokenRenewal(t *testing.T) {
 
 // TestListenReconnectInProcess stops the server gracefully (WebSocket 1001,
 // SSE randomized retry) and starts a new one, with an empty memory log, on
-// the same address: listen must not exit, must drop the resume id the new
-// server refuses, and must print the events published after the restart.
+// the same address: listen must not exit, must report the gap the new server
+// announces (its history does not hold the resume id), and must print the
+// events published after the restart.
 func TestListenReconnectInProcess(t *testing.T) {
 	for _, tr := range transports() {
 		t.Run(tr.name, func(t *testing.T) {
@@ -273,8 +274,8 @@ func TestListenReconnectInProcess(t *testing.T) {
 			}
 			n2 := servertest.Start(t, "--addr", n.Addr)
 			waitFor(t, 15*time.Second, "reconnect", func() bool { return connectedCount(notes) == 2 })
-			if !strings.Contains(notes.String(), "does not know event "+id1) {
-				t.Errorf("no note about the unknown resume id:\n%s", notes.String())
+			if !strings.Contains(notes.String(), "gap: events after "+id1) {
+				t.Errorf("no note about the gap after the resume id:\n%s", notes.String())
 			}
 			id2, err := publisher(n2).Publish(ctx, Draft{Type: "CODE_CHANGE"})
 			if err != nil {

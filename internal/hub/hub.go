@@ -149,27 +149,35 @@ func (h *Hub) NewClient(id, transport string, sub Subscription, expires time.Tim
 	return &Client{ID: id, Transport: transport, hub: h, sub: sub, sink: sink, expires: expires}
 }
 
-// Attach registers c and, when resume is set, replays the retained events
-// after resumeID first. Live events that arrive during the replay are held
-// and flushed after it, skipping any the replay already sent, so the switch
-// neither loses nor repeats an event. When the resume id is older than the
-// retained history, a gap message comes before the replay.
-func (h *Hub) Attach(ctx context.Context, c *Client, resume bool, resumeID event.ID) error {
+// Attach registers c, writes its welcome and, when resume is set, replays
+// the retained events after resumeID. From registration on, live events are
+// held and flushed after the welcome and the replay, skipping any the replay
+// already sent: an event accepted after the client saw its welcome always
+// reaches it, and the switch from replay to live neither loses nor repeats
+// one. When the resume id is older than the retained history, a gap message
+// comes before the replay.
+func (h *Hub) Attach(ctx context.Context, c *Client, welcome []byte, resume bool, resumeID event.ID) error {
 	s := h.shards[int(h.next.Add(1))%len(h.shards)]
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return errors.New("hub: attach: connection already closed")
 	}
-	c.replaying = resume
+	c.replaying = true
 	c.last = resumeID
 	c.shard = s
 	s.add(c) // lock order: Client.mu, then shard.mu
 	h.count.Add(1)
 	h.obs.ConnOpened(c.Transport, c.sub.User != "")
 	c.armExpiry()
+	err := c.sink.WriteControl("connected", welcome)
 	c.mu.Unlock()
+	if err != nil {
+		c.writeFailed(err)
+		return nil
+	}
 	if !resume {
+		c.finishReplay()
 		return nil
 	}
 	if err := h.replay(ctx, c, resumeID); err != nil {

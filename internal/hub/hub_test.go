@@ -109,7 +109,7 @@ func (f *fixture) attach(t testing.TB, user string, types event.TypeSet, jobs []
 	t.Helper()
 	s := &recordSink{}
 	c := f.hub.NewClient(fmt.Sprint(rand.Int()), "websocket", NewSubscription(user, types, jobs), time.Time{}, s)
-	if err := f.hub.Attach(context.Background(), c, false, event.ID{}); err != nil {
+	if err := f.hub.Attach(context.Background(), c, []byte(`{}`), false, event.ID{}); err != nil {
 		t.Fatal(err)
 	}
 	return c, s
@@ -214,7 +214,7 @@ func TestReplayHandoffUnderLoad(t *testing.T) {
 		from := evs[rand.IntN(len(evs))].ID
 		s := &recordSink{}
 		c := f.hub.NewClient(fmt.Sprint(i), "sse", NewSubscription("", 0, nil), time.Time{}, s)
-		if err := f.hub.Attach(context.Background(), c, true, from); err != nil {
+		if err := f.hub.Attach(context.Background(), c, []byte(`{}`), true, from); err != nil {
 			t.Fatal(err)
 		}
 		resumers = append(resumers, resumer{from, s})
@@ -291,7 +291,7 @@ func TestPendingOverflowDuringReplay(t *testing.T) {
 	s := &recordSink{}
 	c := h.NewClient("x", "websocket", NewSubscription("", 0, nil), time.Time{}, s)
 	attached := make(chan error)
-	go func() { attached <- h.Attach(context.Background(), c, true, event.ID{}) }()
+	go func() { attached <- h.Attach(context.Background(), c, []byte(`{}`), true, event.ID{}) }()
 	// While the replay waits for the store, live events pile up for it.
 	waitFor(t, "attach", func() bool { return h.Count() == 2 })
 	for i := 0; i < 5; i++ {

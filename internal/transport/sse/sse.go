@@ -126,7 +126,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 
 	id := uuid.NewString()
-	head := h.head(r, req, id)
+	head := h.head(r)
 	if err := s.Write(head); err != nil {
 		req.Ticket.Release()
 		_ = conn.Close()
@@ -140,13 +140,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		c.Detach()
 		return
 	}
-	if err := h.hub.Attach(h.ctx, c, req.Params.Resume, req.Params.ResumeID); err != nil {
+	welcome := protocol.Welcome(id, req.User(), req.Claims.ExpiresAt, "SSE stream established")
+	if err := h.hub.Attach(h.ctx, c, welcome, req.Params.Resume, req.Params.ResumeID); err != nil {
 		h.logger.Warn("sse attach failed", "client_id", id, "err", err)
 	}
 }
 
-// head is the response head, the retry advice and the welcome, in one write.
-func (h *Handler) head(r *http.Request, req *handshake.Request, id string) []byte {
+// head is the response head and the retry advice, in one write; the hub
+// writes the welcome when it registers the stream.
+func (h *Handler) head(r *http.Request) []byte {
 	var b strings.Builder
 	b.WriteString("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nCache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n")
 	if v := h.cors(r); v != "" {
@@ -157,7 +159,6 @@ func (h *Handler) head(r *http.Request, req *handshake.Request, id string) []byt
 	}
 	b.WriteString("\r\n")
 	fmt.Fprintf(&b, "retry: %d\n\n", h.cfg.Retry.Milliseconds())
-	b.Write(controlFrame("connected", protocol.Welcome(id, req.User(), req.Claims.ExpiresAt, "SSE stream established")))
 	return []byte(b.String())
 }
 

@@ -107,11 +107,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := h.hub.NewClient(id, handshake.WebSocket, sub, req.Claims.ExpiresAt, s)
 	s.client = c
 	c.OnClose(req.Ticket.Release)
-	if err := s.WriteControl("connected", protocol.Welcome(id, req.User(), req.Claims.ExpiresAt, "WebSocket connection established")); err != nil {
-		c.Detach()
-		return
-	}
-	if err := h.hub.Attach(h.ctx, c, req.Params.Resume, req.Params.ResumeID); err != nil {
+	welcome := protocol.Welcome(id, req.User(), req.Claims.ExpiresAt, "WebSocket connection established")
+	if err := h.hub.Attach(h.ctx, c, welcome, req.Params.Resume, req.Params.ResumeID); err != nil {
 		h.logger.Warn("websocket attach failed", "client_id", id, "err", err)
 	}
 }
