@@ -5,6 +5,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"log/slog"
@@ -54,6 +55,10 @@ type Server struct {
 
 	runCtx    context.Context
 	runCancel context.CancelFunc
+
+	// tlsServer serves HTTPS and WSS with Go's crypto/tls when
+	// tls_cert_file is set; otherwise the event loop serves plain HTTP.
+	tlsServer *http.Server
 
 	mu       sync.Mutex
 	listener net.Listener
@@ -135,10 +140,21 @@ func New(cfg *config.Config, logger *slog.Logger) (*Server, error) {
 	}, s.log, s.metrics, logger)
 	s.checker = &handshake.Checker{Types: types, Hub: s.hub, Verifier: s.verifier, Origins: originChecker, Limiter: s.limiter, Trusted: trusted, Observer: s.metrics}
 
+	addrs := []string{cfg.Addr}
+	if cfg.TLSCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("settings tls_cert_file and tls_key_file: %w", err)
+		}
+		s.tlsServer = s.newTLSServer(cert)
+		// Go's server takes the address; the engine only lends its buffers
+		// and timers to the WebSocket upgrader.
+		addrs = nil
+	}
 	s.engine = nbhttp.NewEngine(nbhttp.Config{
 		Name:                    "knowledgehub",
 		Network:                 "tcp",
-		Addrs:                   []string{cfg.Addr},
+		Addrs:                   addrs,
 		Listen:                  s.listen,
 		MaxLoad:                 cfg.MaxConnections + 1024,
 		ReleaseWebsocketPayload: true,
@@ -157,6 +173,9 @@ func New(cfg *config.Config, logger *slog.Logger) (*Server, error) {
 	s.engine.CheckUtf8 = func([]byte) bool { return true }
 	// The WebSocket upgrader needs the engine, so routes are built after it.
 	s.engine.Handler = s.routes()
+	if s.tlsServer != nil {
+		s.tlsServer.Handler = s.engine.Handler
+	}
 	s.engine.OnWrittenSize(countWritten)
 	raceSyncHandoff(s.engine.Engine)
 	ok = true
@@ -305,7 +324,12 @@ func (s *Server) Run(ctx context.Context) error {
 		background.Go(func() { s.userCounter.Run(s.runCtx) })
 	}
 
-	if err := s.engine.Start(); err != nil {
+	tlsDone := make(chan error, 1)
+	err := s.engine.Start()
+	if err == nil && s.tlsServer != nil {
+		err = s.startTLS(tlsDone)
+	}
+	if err != nil {
 		s.runCancel()
 		<-hubDone
 		background.Wait()
@@ -334,6 +358,10 @@ func (s *Server) Run(ctx context.Context) error {
 	time.Sleep(100 * time.Millisecond) // let the last close frames leave
 	shutCtx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout)
 	defer cancel()
+	if s.tlsServer != nil {
+		_ = s.tlsServer.Shutdown(shutCtx)
+		<-tlsDone
+	}
 	_ = s.engine.Shutdown(shutCtx)
 	s.runCancel()
 	if err := <-hubDone; err != nil && runErr == nil {

@@ -6,20 +6,29 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/knowledgehub/realtime/internal/event"
 	"github.com/knowledgehub/realtime/internal/hub"
 )
 
-// Writer writes to a connection of the event-loop engine, whose Write never
-// blocks: what the socket does not take at once is queued by the engine.
-// Writer counts the bytes handed to the engine minus the bytes the engine
-// reports written (Written), and refuses to queue past its budget, so a
-// slow consumer is found and disconnected instead of growing memory.
+// Writer writes to a connection without ever blocking its caller, and bounds
+// what is queued for it: a slow consumer is found and disconnected instead of
+// growing memory.
+//
+// On the event-loop engine (the default), the engine's Write never blocks:
+// what the socket does not take at once is queued by the engine. Writer
+// counts the bytes handed to the engine minus the bytes the engine reports
+// written (Written) and refuses to queue past its budget.
+//
+// On a connection of Go's net/http server (TLS with crypto/tls), writes
+// block; StartAsync gives the connection a queue and a goroutine that
+// drains it, and the budget bounds that queue.
 type Writer struct {
 	Conn   net.Conn
 	budget int64
 	queued atomic.Int64
+	async  *asyncQueue
 }
 
 // NewWriter returns a writer on conn allowing budget queued bytes.
@@ -27,16 +36,30 @@ func NewWriter(conn net.Conn, budget int) Writer {
 	return Writer{Conn: conn, budget: int64(budget)}
 }
 
+// Async reports whether the writer has its own queue and goroutine
+// (StartAsync): the connection is not on the event loop.
+func (w *Writer) Async() bool { return w.async != nil }
+
 // Written is called by the engine with the bytes it wrote to the socket.
 func (w *Writer) Written(n int) { w.queued.Add(int64(-n)) }
 
-// Queued returns the bytes handed to the engine and not yet written.
-func (w *Writer) Queued() int64 { return w.queued.Load() }
+// Queued returns the bytes handed over and not yet written.
+func (w *Writer) Queued() int64 {
+	if w.async != nil {
+		w.async.mu.Lock()
+		defer w.async.mu.Unlock()
+		return int64(len(w.async.buf))
+	}
+	return w.queued.Load()
+}
 
 // Write queues b, or returns hub.ErrSlow when that would exceed the budget.
 func (w *Writer) Write(b []byte) error {
 	if len(b) == 0 {
 		return nil
+	}
+	if w.async != nil {
+		return w.async.push(b, w.budget)
 	}
 	if w.queued.Load()+int64(len(b)) > w.budget {
 		return hub.ErrSlow
@@ -74,3 +97,91 @@ func WSFrame(e *event.Event) []byte { return e.WS }
 
 // SSEFrame selects the SSE frame of an event.
 func SSEFrame(e *event.Event) []byte { return e.SSE }
+
+// asyncQueue is the send queue of a blocking connection and its writer
+// goroutine.
+type asyncQueue struct {
+	mu      sync.Mutex
+	buf     []byte
+	closing bool
+	wake    chan struct{}
+}
+
+// WriteTimeout bounds one blocking write: a peer that takes nothing for this
+// long is gone.
+const WriteTimeout = 10 * time.Second
+
+// StartAsync switches w to a queue drained by its own goroutine, for
+// connections whose writes block. The goroutine ends when the connection
+// fails, calling gone, or after CloseWhenFlushed.
+func (w *Writer) StartAsync(gone func()) {
+	q := &asyncQueue{wake: make(chan struct{}, 1)}
+	w.async = q
+	go q.run(w.Conn, gone)
+}
+
+func (q *asyncQueue) push(b []byte, budget int64) error {
+	q.mu.Lock()
+	if q.closing {
+		q.mu.Unlock()
+		return net.ErrClosed
+	}
+	if int64(len(q.buf)+len(b)) > budget {
+		q.mu.Unlock()
+		return hub.ErrSlow
+	}
+	q.buf = append(q.buf, b...)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (q *asyncQueue) run(conn net.Conn, gone func()) {
+	var out []byte
+	for range q.wake {
+		q.mu.Lock()
+		out, q.buf = q.buf, out[:0]
+		closing := q.closing
+		q.mu.Unlock()
+		if len(out) > 0 {
+			_ = conn.SetWriteDeadline(time.Now().Add(WriteTimeout))
+			if _, err := conn.Write(out); err != nil {
+				_ = conn.Close()
+				gone()
+				return
+			}
+		}
+		if closing {
+			q.mu.Lock()
+			empty := len(q.buf) == 0
+			q.mu.Unlock()
+			if empty {
+				_ = conn.Close()
+				return
+			}
+		}
+	}
+}
+
+// CloseWhenFlushed closes the connection once what is queued was written:
+// at once on the engine when nothing is pending, else after a grace period.
+func (w *Writer) CloseWhenFlushed() {
+	if q := w.async; q != nil {
+		q.mu.Lock()
+		q.closing = true
+		q.mu.Unlock()
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+		return
+	}
+	if w.Queued() <= 0 {
+		_ = w.Conn.Close()
+		return
+	}
+	time.AfterFunc(3*time.Second, func() { _ = w.Conn.Close() })
+}

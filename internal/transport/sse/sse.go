@@ -123,6 +123,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		// engine still reads the socket, so a closed peer is noticed at once.
 		_ = nbc.SetReadDeadline(time.Time{})
 		nbc.SetSession(s)
+	} else {
+		// A connection of Go's own server (TLS): blocking writes get a queue
+		// and a writer; a failed write, found at the latest by a keepalive,
+		// is how a gone peer shows.
+		_ = conn.SetReadDeadline(time.Time{})
+		s.StartAsync(func() { s.CloseAndClean(net.ErrClosed) })
 	}
 
 	id := uuid.NewString()
@@ -224,13 +230,9 @@ func (s *stream) Close(d protocol.Disconnect) {
 		}
 	}
 	if last != nil {
-		_, _ = s.Conn.Write(last)
+		_ = s.Write(last)
 	}
-	if s.Queued() <= 0 {
-		_ = s.Conn.Close()
-		return
-	}
-	time.AfterFunc(3*time.Second, func() { _ = s.Conn.Close() })
+	s.CloseWhenFlushed()
 }
 
 // UnderlayerConn implements nbhttp.ParserCloser.

@@ -52,6 +52,9 @@ func New(ctx context.Context, cfg Config, engine *nbhttp.Engine, checker *handsh
 	u.CheckOrigin = func(*http.Request) bool { return true } // checked before, with the JSON 403 of the spec
 	u.KeepaliveTime = cfg.PingInterval*2 + cfg.PingInterval/2
 	u.MessageLengthLimit = cfg.MaxMessageBytes
+	// On Go's own server (TLS) the read goroutine is started after the
+	// connection is set up, so no message arrives before its session.
+	u.BlockingModHandleRead = false
 	handler := &Handler{cfg: cfg, checker: checker, hub: h, logger: logger, upgrader: u, ctx: ctx}
 	u.OnMessage(handler.onMessage)
 	u.SetCloseHandler(func(c *websocket.Conn, code int, text string) {
@@ -95,6 +98,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s := &sink{conn: conn, Writer: transport.NewWriter(conn.Conn, h.cfg.MaxQueueBytes), handler: h}
 	s.bucket.init(h.cfg.MessageRate)
 	conn.SetSession(s)
+	if conn.IsBlockingMod() {
+		// Go's own server (TLS): writes block, so the connection gets a
+		// send queue with a writer goroutine, and a reader goroutine.
+		s.StartAsync(func() { _ = conn.Close() })
+		go conn.HandleRead(4096)
+	}
 
 	if req.TokenErr != nil {
 		_ = s.WriteControl("error", protocol.ErrorMessage("invalid_token", req.TokenErr.Reason))
@@ -187,6 +196,13 @@ func (s *sink) Close(d protocol.Disconnect) {
 	if s.closed.Swap(true) {
 		return
 	}
+	if s.Async() {
+		if d.Code != protocol.DisconnectPeerGone.Code {
+			_ = s.Write(closeFrame(d))
+		}
+		s.CloseWhenFlushed()
+		return
+	}
 	if d.Code == protocol.DisconnectPeerGone.Code {
 		_ = s.conn.Close()
 		return
@@ -195,6 +211,16 @@ func (s *sink) Close(d protocol.Disconnect) {
 	// The client answers the close frame and nbio closes the socket; a
 	// client that does not is cut off after a grace period.
 	time.AfterFunc(3*time.Second, func() { _ = s.conn.Close() })
+}
+
+// closeFrame is a WebSocket close frame with d's code and reason.
+func closeFrame(d protocol.Disconnect) []byte {
+	reason := d.Reason
+	if len(reason) > 123 {
+		reason = reason[:123]
+	}
+	b := []byte{0x88, byte(2 + len(reason)), byte(d.Code >> 8), byte(d.Code)}
+	return append(b, reason...)
 }
 
 // bad answers a malformed message and closes connections that keep
