@@ -30,8 +30,25 @@ type Client struct {
 	warned    bool
 	timer     *time.Timer
 	onClose   []func()
+	tokenID   string    // jti of the token, for revocation
+	issuedAt  time.Time // iat of the token, for revocation
 
 	batch []*event.Event // shard worker only
+}
+
+// SetToken records the jti and iat of the connection's token, so a
+// revocation can find the connection.
+func (c *Client) SetToken(jti string, issuedAt time.Time) {
+	c.mu.Lock()
+	c.tokenID, c.issuedAt = jti, issuedAt
+	c.mu.Unlock()
+}
+
+// Token returns what SetToken recorded.
+func (c *Client) Token() (jti string, issuedAt time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.tokenID, c.issuedAt
 }
 
 // User returns the authenticated user id, "" for anonymous clients.

@@ -254,9 +254,9 @@ func (h *Hub) Shutdown() {
 	}
 }
 
-// DisconnectUser closes every connection of user on this node with d and
-// returns how many were closed.
-func (h *Hub) DisconnectUser(user string, d protocol.Disconnect) int {
+// DisconnectWhere closes, with d, every connection of user on this node for
+// which match holds, and returns how many were closed.
+func (h *Hub) DisconnectWhere(user string, match func(*Client) bool, d protocol.Disconnect) int {
 	n := 0
 	for _, s := range h.shards {
 		s.mu.RLock()
@@ -266,8 +266,10 @@ func (h *Hub) DisconnectUser(user string, d protocol.Disconnect) int {
 		}
 		s.mu.RUnlock()
 		for _, c := range victims {
-			c.Close(d)
-			n++
+			if match(c) {
+				c.Close(d)
+				n++
+			}
 		}
 	}
 	return n

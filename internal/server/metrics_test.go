@@ -301,19 +301,19 @@ func TestMetricsWithTraffic(t *testing.T) {
 	pub := func(name string, ev map[string]any) {
 		ids[name] = n.MustPublish(t, ev)
 	}
-	pub("code", map[string]any{"type": "CODE_CHANGE", "data": 1})                                  // ws1 ws2 sse
-	pub("code job-1", map[string]any{"type": "CODE_CHANGE", "data": 2, "job_id": "job-1"})         // ws2
-	pub("decision", map[string]any{"type": "DECISION_MADE", "data": 3})                            // ws1 sse
+	pub("code", map[string]any{"type": "CODE_CHANGE", "data": 1})                                 // ws1 ws2 sse
+	pub("code job-1", map[string]any{"type": "CODE_CHANGE", "data": 2, "job_id": "job-1"})        // ws2
+	pub("decision", map[string]any{"type": "DECISION_MADE", "data": 3})                           // ws1 sse
 	pub("decision alice", map[string]any{"type": "DECISION_MADE", "data": 4, "user_id": "alice"}) // sse
 	pub("memory bob", map[string]any{"type": "MEMORY_CREATED", "data": 5, "user_id": "bob"})      // nobody
-	status, out := n.Publish(t, []map[string]any{ // ws1 sse, twice
+	status, out := n.Publish(t, []map[string]any{                                                 // ws1 sse, twice
 		{"type": "MEMORY_CREATED", "data": 6}, {"type": "MEMORY_CREATED", "data": 7},
 	})
 	if status != http.StatusCreated {
 		t.Fatalf("batch publish: %d %v", status, out)
 	}
 	pub("error job-2", map[string]any{"type": "ERROR_OCCURRED", "data": 8, "job_id": "job-2"}) // nobody
-	pub("last", map[string]any{"type": "PATTERN_DETECTED", "data": 9, "user_id": "alice"})    // sse
+	pub("last", map[string]any{"type": "PATTERN_DETECTED", "data": 9, "user_id": "alice"})     // sse
 	// The clients got what they should: 4 + 2 + 6 = 12 deliveries.
 	dataOf := func(evs []map[string]any) []any {
 		var d []any

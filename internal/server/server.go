@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/lesismal/nbio/nbhttp"
 	"github.com/lesismal/nbio/nbhttp/websocket"
 
+	"github.com/knowledgehub/realtime/internal/admin"
 	"github.com/knowledgehub/realtime/internal/api"
 	"github.com/knowledgehub/realtime/internal/auth"
 	"github.com/knowledgehub/realtime/internal/config"
@@ -47,6 +49,10 @@ type Server struct {
 	hub      *hub.Hub
 	verifier *auth.Verifier
 	limiter  *limits.Limiter
+	// revocations are checked at connect and refresh; adminBus carries
+	// admin commands to every node.
+	revocations *admin.Revocations
+	adminBus    admin.Bus
 	// userCounter counts users' connections across nodes (store: redis).
 	userCounter *redislog.ConnCounter
 	metrics     *metrics.Metrics
@@ -138,7 +144,16 @@ func New(cfg *config.Config, logger *slog.Logger) (*Server, error) {
 	s.hub = hub.New(hub.Config{
 		PingInterval: cfg.PingInterval, KeepaliveInterval: cfg.SSEKeepalive, MaxJobs: cfg.MaxSubscriptions,
 	}, s.log, s.metrics, logger)
-	s.checker = &handshake.Checker{Types: types, Hub: s.hub, Verifier: s.verifier, Origins: originChecker, Limiter: s.limiter, Trusted: trusted, Observer: s.metrics}
+	s.revocations = admin.NewRevocations()
+	switch l := s.log.(type) {
+	case *redislog.Log:
+		s.adminBus = admin.NewRedisBus(l.Client(), l.Prefix(), logger)
+	case *disk.Log:
+		s.adminBus = admin.NewLocalBus(filepath.Join(cfg.DataDir, "revocations.json"))
+	default:
+		s.adminBus = admin.NewLocalBus("")
+	}
+	s.checker = &handshake.Checker{Types: types, Hub: s.hub, Verifier: s.verifier, Origins: originChecker, Limiter: s.limiter, Trusted: trusted, Observer: s.metrics, Revoked: s.revocations.Revoked}
 
 	addrs := []string{cfg.Addr}
 	if cfg.TLSCertFile != "" {
@@ -291,6 +306,8 @@ func (s *Server) routes() http.Handler {
 		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
 	})
 	mux.HandleFunc("/readyz", s.readyz)
+	adminHandler := &admin.Handler{Keys: api.NewKeys(cfg.AdminKeys), Bus: s.adminBus, Logger: s.logger}
+	mux.Handle("/api/admin/", adminHandler)
 	mux.Handle("/metrics", s.metrics.Handler())
 	mux.Handle("/", console.Handler())
 	return s.accessLog(s.recoverPanics(limitHeaders(mux)))
@@ -323,6 +340,23 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.userCounter != nil {
 		background.Go(func() { s.userCounter.Run(s.runCtx) })
 	}
+	background.Go(func() {
+		if err := s.adminBus.Run(s.runCtx, s.applyAdmin); err != nil {
+			s.logger.Error("admin commands stopped", "err", err)
+		}
+	})
+	background.Go(func() {
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-s.runCtx.Done():
+				return
+			case <-t.C:
+				s.revocations.Prune()
+			}
+		}
+	})
 
 	tlsDone := make(chan error, 1)
 	err := s.engine.Start()
@@ -374,6 +408,19 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.logger.Info("stopped")
 	return runErr
+}
+
+// applyAdmin carries out an admin command on this node: it remembers a
+// revocation and closes the live connections the command names (4003).
+func (s *Server) applyAdmin(c admin.Command) {
+	s.revocations.Add(c)
+	n := s.hub.DisconnectWhere(c.UserID, func(cl *hub.Client) bool {
+		jti, iat := cl.Token()
+		return c.Matches(cl.User(), jti, iat)
+	}, protocol.DisconnectRevoked)
+	if n > 0 {
+		s.logger.Info("admin: closed connections", "op", c.Op, "user_id", c.UserID, "connections", n)
+	}
 }
 
 // recordURL stores where this server listens next to the development

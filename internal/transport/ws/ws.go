@@ -115,6 +115,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id := uuid.NewString()
 	c := h.hub.NewClient(id, handshake.WebSocket, sub, req.Claims.ExpiresAt, s)
 	s.client = c
+	c.SetToken(req.Claims.ID, req.Claims.IssuedAt)
 	c.OnClose(req.Ticket.Release)
 	welcome := protocol.Welcome(id, req.User(), req.Claims.ExpiresAt, "WebSocket connection established")
 	if err := h.hub.Attach(h.ctx, c, welcome, req.Params.Resume, req.Params.ResumeID); err != nil {
@@ -163,6 +164,7 @@ func (h *Handler) onMessage(conn *websocket.Conn, typ websocket.MessageType, dat
 			c.Send("error", protocol.ErrorMessage("invalid_token", err.Error()))
 			return
 		}
+		c.SetToken(claims.ID, claims.IssuedAt)
 		c.Send("refreshed", protocol.Refreshed(claims.Subject, claims.ExpiresAt))
 	}
 }
