@@ -299,6 +299,7 @@ func TestConsole(t *testing.T) {
 	// The publish form, with the publish key: 201 and the id; a WebSocket
 	// client receives the event.
 	ws := clients[0]
+	ws.drain(t) // the public events published so far
 	d.Do(map[string]any{"op": "fill", "selector": "#publish-key", "value": servertest.PublishKey})
 	d.Do(map[string]any{"op": "select", "selector": "#publish-type", "value": "DECISION_MADE"})
 	d.Do(map[string]any{"op": "fill", "selector": "#publish-data", "value": `{"decision": "use Redis", "by": "console"}`})
@@ -451,6 +452,20 @@ func (c *goWS) tryNext(timeout time.Duration) (map[string]any, error) {
 		return m, nil
 	case <-time.After(timeout):
 		return nil, fmt.Errorf("no message within %v", timeout)
+	}
+}
+
+// drain discards the messages received so far, waiting until none has
+// come for 200 ms.
+func (c *goWS) drain(t *testing.T) {
+	t.Helper()
+	for {
+		if _, err := c.tryNext(200 * time.Millisecond); err != nil {
+			if strings.Contains(err.Error(), "closed") {
+				t.Fatalf("WebSocket: %v", err)
+			}
+			return
+		}
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -89,6 +90,12 @@ func serve(args []string, stderr io.Writer) error {
 	}
 	logger := newLogger(cfg.LogFormat, cfg.LogLevel, stderr)
 	slog.SetDefault(logger)
+	if os.Getenv("GOGC") == "" {
+		// A gateway's heap is mostly long-lived connections: collecting at
+		// 50 % growth instead of 100 % keeps idle memory per connection
+		// about a fifth lower for a little more GC work (BENCHMARKS.md).
+		debug.SetGCPercent(50)
+	}
 	srv, err := server.New(cfg, logger)
 	if err != nil {
 		return err

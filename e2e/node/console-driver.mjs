@@ -10,7 +10,8 @@
 //       can check that the console talks to its own origin only
 //   {"ev":"row","id":"...","type":"...","job":"...","user":"...","at":<ms since epoch>}
 //       an .event-row added to #event-list (a MutationObserver installed
-//       before the console's script runs); "at" is the browser's clock
+//       before the console's script runs), in the order the page received
+//       the events; "at" is the browser's clock
 //   {"ev":"console","type":"error","text":"...","url":"..."}, {"ev":"pageerror","message":"..."}
 //
 // commands:
@@ -48,8 +49,10 @@ await context.addInitScript(() => {
     if (!list) return;
     new MutationObserver((records) => {
       const at = Date.now();
+      // The console inserts each batch of rows newest first: report them
+      // oldest first, the order in which the page received them.
       for (const rec of records) {
-        for (const n of rec.addedNodes) {
+        for (const n of [...rec.addedNodes].reverse()) {
           if (n.nodeType !== 1 || !n.classList.contains('event-row')) continue;
           const text = (cls) => (n.querySelector('.' + cls) || {}).textContent || '';
           window.__khRow({id: n.getAttribute('data-id'), type: n.getAttribute('data-type'),

@@ -54,6 +54,7 @@ type Config struct {
 	SSEKeepalive      time.Duration
 	SSERetry          time.Duration
 	ShutdownTimeout   time.Duration
+	PprofAddr         string
 	LogFormat         string
 	LogLevel          string
 	ConfigFile        string
@@ -145,6 +146,7 @@ var settings = []setting{
 	{"sse_keepalive", "15s", "SSE keepalive comment interval", duration(func(c *Config) *time.Duration { return &c.SSEKeepalive })},
 	{"sse_retry", "3s", "the retry: the SSE stream advises browsers", duration(func(c *Config) *time.Duration { return &c.SSERetry })},
 	{"shutdown_timeout", "10s", "how long a graceful shutdown may take", duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
+	{"pprof_addr", "", "serve Go's /debug/pprof profiles on this address (e.g. 127.0.0.1:6060); off when empty", str(func(c *Config) *string { return &c.PprofAddr })},
 	{"log_format", "text", "text or json", str(func(c *Config) *string { return &c.LogFormat })},
 	{"log_level", "info", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},
 }

@@ -10,28 +10,31 @@ import (
 	"github.com/knowledgehub/realtime/internal/protocol"
 )
 
-// Client is one connection attached to the hub.
+// Client is one connection attached to the hub. It is kept small: a node
+// holds a million of them, so times are Unix nanoseconds, token deadlines
+// live in the shard's heap instead of a timer each, and nothing is
+// allocated for an idle connection beyond this struct.
 type Client struct {
-	ID        string
 	Transport string // "websocket" or "sse"
 
-	hub   *Hub
-	shard *shard
-	pos   int // index in shard.clients; guarded by shard.mu
-	sub   Subscription
-	sink  Sink
+	hub     *Hub
+	shard   *shard
+	pos     int32 // index in shard.clients; guarded by shard.mu
+	heapIdx int32 // index in shard.deadlines, -1 when absent; guarded by shard.expMu
+	sub     Subscription
+	sink    Sink
 
 	mu        sync.Mutex
-	last      event.ID       // last event written; later events only
-	replaying bool           // live events go to pending until the replay ends
-	pending   []*event.Event // live events held during the replay
+	replaying bool // live events go to pending until the replay ends
 	closed    bool
-	expires   time.Time // token exp; zero when none
-	warned    bool
-	timer     *time.Timer
-	onClose   []func()
-	tokenID   string    // jti of the token, for revocation
-	issuedAt  time.Time // iat of the token, for revocation
+	warned    bool           // token_expiring was sent
+	last      event.ID       // last event written; later events only
+	pending   []*event.Event // live events held during the replay
+	expires   int64          // token exp, Unix ns; 0 when none
+	deadline  int64          // next token action, Unix ns; guarded by shard.expMu
+	issuedAt  int64          // token iat, Unix ns, for revocation
+	tokenID   string         // token jti, for revocation
+	onClose   func()
 
 	batch []*event.Event // shard worker only
 }
@@ -40,7 +43,7 @@ type Client struct {
 // revocation can find the connection.
 func (c *Client) SetToken(jti string, issuedAt time.Time) {
 	c.mu.Lock()
-	c.tokenID, c.issuedAt = jti, issuedAt
+	c.tokenID, c.issuedAt = jti, unixNano(issuedAt)
 	c.mu.Unlock()
 }
 
@@ -48,13 +51,27 @@ func (c *Client) SetToken(jti string, issuedAt time.Time) {
 func (c *Client) Token() (jti string, issuedAt time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.tokenID, c.issuedAt
+	return c.tokenID, fromUnixNano(c.issuedAt)
+}
+
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromUnixNano(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
 }
 
 // User returns the authenticated user id, "" for anonymous clients.
 func (c *Client) User() string { return c.sub.User }
 
-// OnClose registers f to run once when the client is closed or detached.
+// OnClose sets f to run once when the client is closed or detached.
 func (c *Client) OnClose(f func()) {
 	c.mu.Lock()
 	if c.closed {
@@ -62,26 +79,26 @@ func (c *Client) OnClose(f func()) {
 		f()
 		return
 	}
-	c.onClose = append(c.onClose, f)
+	c.onClose = f
 	c.mu.Unlock()
 }
 
-// deliver writes live events; it returns how many were written.
-func (c *Client) deliver(evs []*event.Event) int {
+// deliver writes live events; it returns those written.
+func (c *Client) deliver(evs []*event.Event) []*event.Event {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return 0
+		return nil
 	}
 	if c.replaying {
 		if len(c.pending)+len(evs) > c.hub.cfg.MaxPending {
 			c.mu.Unlock()
 			c.slow()
-			return 0
+			return nil
 		}
 		c.pending = append(c.pending, evs...)
 		c.mu.Unlock()
-		return 0
+		return nil
 	}
 	// Events at or before c.last were already sent (by a replay).
 	for len(evs) > 0 && !c.last.Less(evs[0].ID) {
@@ -89,7 +106,7 @@ func (c *Client) deliver(evs []*event.Event) int {
 	}
 	if len(evs) == 0 {
 		c.mu.Unlock()
-		return 0
+		return nil
 	}
 	err := c.sink.WriteEvents(evs)
 	if err == nil {
@@ -98,9 +115,9 @@ func (c *Client) deliver(evs []*event.Event) int {
 	c.mu.Unlock()
 	if err != nil {
 		c.writeFailed(err)
-		return 0
+		return nil
 	}
-	return len(evs)
+	return evs
 }
 
 // writeReplay writes one page of a replay; upTo is the last id the page
@@ -245,50 +262,45 @@ func (c *Client) Refresh(user string, expires time.Time) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.expires = expires
+	c.expires = unixNano(expires)
 	c.warned = false
 	c.armExpiry()
 	return nil
 }
 
-// armExpiry (re)starts the token timer; c.mu is held.
+// armExpiry schedules the next token action in the shard's heap: the
+// warning ExpiryWarning before exp, then exp itself. c.mu is held.
 func (c *Client) armExpiry() {
-	if c.expires.IsZero() || c.closed {
-		if c.timer != nil {
-			c.timer.Stop()
-		}
+	if c.shard == nil {
 		return
 	}
-	d := time.Until(c.expires.Add(-c.hub.cfg.ExpiryWarning))
-	if c.warned || d <= 0 {
-		d = time.Until(c.expires)
-		if !c.warned && d > 0 {
-			d = 0 // warn at once: less than the warning period is left
+	var at int64
+	if c.expires != 0 && !c.closed {
+		at = c.expires
+		if !c.warned {
+			at = c.expires - int64(c.hub.cfg.ExpiryWarning)
 		}
 	}
-	if c.timer == nil {
-		c.timer = time.AfterFunc(d, c.expiryTimer)
-	} else {
-		c.timer.Reset(d)
-	}
+	c.shard.schedule(c, at)
 }
 
-func (c *Client) expiryTimer() {
+// expiryDue is called by the shard when the client's deadline passed.
+func (c *Client) expiryDue(now int64) {
 	c.mu.Lock()
-	if c.closed || c.expires.IsZero() {
+	if c.closed || c.expires == 0 {
 		c.mu.Unlock()
 		return
 	}
-	if !time.Now().Before(c.expires) {
+	if now >= c.expires {
 		c.mu.Unlock()
 		c.Close(protocol.DisconnectExpired)
 		return
 	}
 	if !c.warned {
 		c.warned = true
-		_ = c.sink.WriteControl("token_expiring", protocol.TokenExpiring(c.expires))
+		_ = c.sink.WriteControl("token_expiring", protocol.TokenExpiring(fromUnixNano(c.expires)))
 	}
-	c.timer.Reset(time.Until(c.expires))
+	c.armExpiry()
 	c.mu.Unlock()
 }
 
@@ -296,7 +308,7 @@ func (c *Client) expiryTimer() {
 func (c *Client) Expires() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.expires
+	return fromUnixNano(c.expires)
 }
 
 // Close ends the connection from the server side with reason d.
@@ -324,20 +336,20 @@ func (c *Client) finish() bool {
 	}
 	c.closed = true
 	c.pending = nil
-	if c.timer != nil {
-		c.timer.Stop()
-	}
-	hooks := c.onClose
+	hook := c.onClose
 	c.onClose = nil
 	attached := c.shard != nil
+	if attached {
+		c.shard.schedule(c, 0)
+	}
 	c.mu.Unlock()
 	if attached {
 		c.shard.remove(c)
 		c.hub.count.Add(-1)
 		c.hub.obs.ConnClosed(c.Transport, c.sub.User != "")
 	}
-	for _, f := range hooks {
-		f()
+	if hook != nil {
+		hook()
 	}
 	return true
 }

@@ -85,6 +85,10 @@ func New(cfg Config, log store.Log, obs Observer, logger *slog.Logger) *Hub {
 	return h
 }
 
+// Observer returns where the hub reports its measurements, for transports
+// that end a connection before it reaches the hub.
+func (h *Hub) Observer() Observer { return h.obs }
+
 // Config returns the hub's effective configuration.
 func (h *Hub) Config() Config { return h.cfg }
 
@@ -145,8 +149,8 @@ func (h *Hub) CheckResume(ctx context.Context, id event.ID) error {
 
 // NewClient creates a client for a connection that passed its handshake. It
 // is not routed to until Attach.
-func (h *Hub) NewClient(id, transport string, sub Subscription, expires time.Time, sink Sink) *Client {
-	return &Client{ID: id, Transport: transport, hub: h, sub: sub, sink: sink, expires: expires}
+func (h *Hub) NewClient(transport string, sub Subscription, expires time.Time, sink Sink) *Client {
+	return &Client{Transport: transport, hub: h, sub: sub, sink: sink, expires: unixNano(expires), heapIdx: -1}
 }
 
 // Attach registers c, writes its welcome and, when resume is set, replays
@@ -261,9 +265,7 @@ func (h *Hub) DisconnectWhere(user string, match func(*Client) bool, d protocol.
 	for _, s := range h.shards {
 		s.mu.RLock()
 		var victims []*Client
-		for c := range s.byUser[user] {
-			victims = append(victims, c)
-		}
+		victims = append(victims, s.byUser[user]...)
 		s.mu.RUnlock()
 		for _, c := range victims {
 			if match(c) {

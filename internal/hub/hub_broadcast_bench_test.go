@@ -37,7 +37,7 @@ func benchShard(b *testing.B, n int) (*shard, *event.Types) {
 		if i%4 == 0 {
 			user = fmt.Sprintf("user-%d", i%100)
 		}
-		c := h.NewClient(fmt.Sprint(i), "websocket", NewSubscription(user, 0, jobs), time.Time{}, &countSink{})
+		c := h.NewClient("websocket", NewSubscription(user, 0, jobs), time.Time{}, &countSink{})
 		c.shard = s
 		s.add(c)
 	}

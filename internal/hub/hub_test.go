@@ -2,7 +2,6 @@ package hub
 
 import (
 	"context"
-	"fmt"
 	"math/rand/v2"
 	"sync"
 	"testing"
@@ -108,7 +107,7 @@ func (f *fixture) publish(t testing.TB, typ, user, job string) event.ID {
 func (f *fixture) attach(t testing.TB, user string, types event.TypeSet, jobs []string) (*Client, *recordSink) {
 	t.Helper()
 	s := &recordSink{}
-	c := f.hub.NewClient(fmt.Sprint(rand.Int()), "websocket", NewSubscription(user, types, jobs), time.Time{}, s)
+	c := f.hub.NewClient("websocket", NewSubscription(user, types, jobs), time.Time{}, s)
 	if err := f.hub.Attach(context.Background(), c, []byte(`{}`), false, event.ID{}); err != nil {
 		t.Fatal(err)
 	}
@@ -213,7 +212,7 @@ func TestReplayHandoffUnderLoad(t *testing.T) {
 		evs, _ := f.log.Read(context.Background(), event.ID{}, 0)
 		from := evs[rand.IntN(len(evs))].ID
 		s := &recordSink{}
-		c := f.hub.NewClient(fmt.Sprint(i), "sse", NewSubscription("", 0, nil), time.Time{}, s)
+		c := f.hub.NewClient("sse", NewSubscription("", 0, nil), time.Time{}, s)
 		if err := f.hub.Attach(context.Background(), c, []byte(`{}`), true, from); err != nil {
 			t.Fatal(err)
 		}
@@ -289,7 +288,7 @@ func TestPendingOverflowDuringReplay(t *testing.T) {
 	// resuming client attaches, so only the later five are held for it.
 	waitFor(t, "dispatch", func() bool { return len(watcher.ids()) == 10 })
 	s := &recordSink{}
-	c := h.NewClient("x", "websocket", NewSubscription("", 0, nil), time.Time{}, s)
+	c := h.NewClient("websocket", NewSubscription("", 0, nil), time.Time{}, s)
 	attached := make(chan error)
 	go func() { attached <- h.Attach(context.Background(), c, []byte(`{}`), true, event.ID{}) }()
 	// While the replay waits for the store, live events pile up for it.

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"container/heap"
 	"context"
 	"sync"
 	"time"
@@ -17,8 +18,11 @@ type shard struct {
 
 	mu      sync.RWMutex
 	clients []*Client                       // every client; Client.pos is its index
-	byUser  map[string]map[*Client]struct{} // authenticated clients by user
-	byJob   map[string]map[*Client]struct{} // clients by subscribed job
+	byUser  map[string][]*Client            // authenticated clients by user: few per user
+	byJob   map[string]map[*Client]struct{} // clients by subscribed job: possibly many
+
+	expMu     sync.Mutex
+	deadlines deadlineHeap // clients with a token deadline, soonest first
 
 	touched []*Client // worker only: clients with events in the current batch
 }
@@ -27,17 +31,17 @@ func newShard(h *Hub) *shard {
 	return &shard{
 		hub:    h,
 		queue:  make(chan []*event.Event, 1024),
-		byUser: make(map[string]map[*Client]struct{}),
+		byUser: make(map[string][]*Client),
 		byJob:  make(map[string]map[*Client]struct{}),
 	}
 }
 
 func (s *shard) add(c *Client) {
 	s.mu.Lock()
-	c.pos = len(s.clients)
+	c.pos = int32(len(s.clients))
 	s.clients = append(s.clients, c)
 	if c.sub.User != "" {
-		addIndex(s.byUser, c.sub.User, c)
+		s.byUser[c.sub.User] = append(s.byUser[c.sub.User], c)
 	}
 	for j := range c.sub.Jobs {
 		addIndex(s.byJob, j, c)
@@ -47,7 +51,7 @@ func (s *shard) add(c *Client) {
 
 func (s *shard) remove(c *Client) {
 	s.mu.Lock()
-	if c.pos >= 0 && c.pos < len(s.clients) && s.clients[c.pos] == c {
+	if c.pos >= 0 && int(c.pos) < len(s.clients) && s.clients[c.pos] == c {
 		last := len(s.clients) - 1
 		s.clients[c.pos] = s.clients[last]
 		s.clients[c.pos].pos = c.pos
@@ -55,13 +59,30 @@ func (s *shard) remove(c *Client) {
 		s.clients = s.clients[:last]
 		c.pos = -1
 		if c.sub.User != "" {
-			removeIndex(s.byUser, c.sub.User, c)
+			s.removeUser(c)
 		}
 		for j := range c.sub.Jobs {
 			removeIndex(s.byJob, j, c)
 		}
 	}
 	s.mu.Unlock()
+}
+
+func (s *shard) removeUser(c *Client) {
+	list := s.byUser[c.sub.User]
+	for i, x := range list {
+		if x == c {
+			list[i] = list[len(list)-1]
+			list[len(list)-1] = nil
+			list = list[:len(list)-1]
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(s.byUser, c.sub.User)
+	} else {
+		s.byUser[c.sub.User] = list
+	}
 }
 
 func addIndex(idx map[string]map[*Client]struct{}, key string, c *Client) {
@@ -93,12 +114,16 @@ func (s *shard) run(ctx context.Context) {
 	defer ping.Stop()
 	keepalive := time.NewTicker(s.hub.cfg.KeepaliveInterval)
 	defer keepalive.Stop()
+	expiry := time.NewTicker(expiryTick)
+	defer expiry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case evs := <-s.queue:
 			s.deliver(evs)
+		case now := <-expiry.C:
+			s.expire(now.UnixNano())
 		case <-ping.C:
 			s.pingAll("websocket")
 		case <-keepalive.C:
@@ -118,7 +143,7 @@ func (s *shard) deliver(evs []*event.Event) {
 				s.collect(c, e)
 			}
 		case e.UserID != "":
-			for c := range s.byUser[e.UserID] {
+			for _, c := range s.byUser[e.UserID] {
 				s.collect(c, e)
 			}
 		default:
@@ -130,21 +155,17 @@ func (s *shard) deliver(evs []*event.Event) {
 	s.mu.RUnlock()
 
 	obs := s.hub.obs
+	now := time.Now()
 	for _, c := range s.touched {
-		if n := c.deliver(c.batch); n > 0 {
-			for _, e := range c.batch[:n] {
-				obs.Delivered(e.TypeIndex, 1)
-			}
+		for _, e := range c.deliver(c.batch) {
+			obs.Delivered(e.TypeIndex, 1)
+			obs.ObserveDeliveryLatency(now.Sub(e.Time))
 		}
 		clear(c.batch)
 		c.batch = c.batch[:0]
 	}
 	clear(s.touched)
 	s.touched = s.touched[:0]
-	now := time.Now()
-	for _, e := range evs {
-		obs.ObserveDeliveryLatency(now.Sub(e.Time))
-	}
 }
 
 func (s *shard) collect(c *Client, e *event.Event) {
@@ -155,6 +176,64 @@ func (s *shard) collect(c *Client, e *event.Event) {
 		s.touched = append(s.touched, c)
 	}
 	c.batch = append(c.batch, e)
+}
+
+// expiryTick is how often token deadlines are checked.
+const expiryTick = 250 * time.Millisecond
+
+// schedule puts c in the deadline heap at Unix ns at, or takes it out when
+// at is 0.
+func (s *shard) schedule(c *Client, at int64) {
+	s.expMu.Lock()
+	defer s.expMu.Unlock()
+	switch {
+	case at == 0 && c.heapIdx >= 0:
+		heap.Remove(&s.deadlines, int(c.heapIdx))
+	case at == 0:
+	case c.heapIdx >= 0:
+		c.deadline = at
+		heap.Fix(&s.deadlines, int(c.heapIdx))
+	default:
+		c.deadline = at
+		heap.Push(&s.deadlines, c)
+	}
+}
+
+// expire acts on every client whose deadline passed.
+func (s *shard) expire(now int64) {
+	for {
+		s.expMu.Lock()
+		if len(s.deadlines) == 0 || s.deadlines[0].deadline > now {
+			s.expMu.Unlock()
+			return
+		}
+		c := heap.Pop(&s.deadlines).(*Client)
+		s.expMu.Unlock()
+		c.expiryDue(now)
+	}
+}
+
+// deadlineHeap orders clients by deadline (container/heap).
+type deadlineHeap []*Client
+
+func (h deadlineHeap) Len() int           { return len(h) }
+func (h deadlineHeap) Less(i, j int) bool { return h[i].deadline < h[j].deadline }
+func (h deadlineHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx, h[j].heapIdx = int32(i), int32(j)
+}
+func (h *deadlineHeap) Push(x any) {
+	c := x.(*Client)
+	c.heapIdx = int32(len(*h))
+	*h = append(*h, c)
+}
+func (h *deadlineHeap) Pop() any {
+	old := *h
+	c := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	c.heapIdx = -1
+	return c
 }
 
 // pingAll pings the clients of one transport, a chunk at a time so that

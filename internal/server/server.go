@@ -371,6 +371,14 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("start listener: %w", err)
 	}
 	s.logger.Info("knowledgehub listening", "addr", s.Addr().String(), "store", s.cfg.Store)
+	if s.cfg.PprofAddr != "" {
+		stopPprof, err := s.startPprof(context.Background())
+		if err != nil {
+			s.logger.Error("no profiles", "err", err)
+		} else {
+			defer stopPprof()
+		}
+	}
 	if s.cfg.Store != "memory" || len(s.cfg.JWTSecrets) > 0 {
 		s.recordURL()
 	}

@@ -139,7 +139,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sub := hub.NewSubscription(req.User(), req.Params.Types, req.Params.Jobs)
-	c := h.hub.NewClient(id, handshake.SSE, sub, req.Claims.ExpiresAt, s)
+	c := h.hub.NewClient(handshake.SSE, sub, req.Claims.ExpiresAt, s)
 	s.client.Store(c)
 	c.SetToken(req.Claims.ID, req.Claims.IssuedAt)
 	c.OnClose(req.Ticket.Release)

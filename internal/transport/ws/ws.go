@@ -4,6 +4,7 @@ package ws
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -50,13 +51,26 @@ func New(ctx context.Context, cfg Config, engine *nbhttp.Engine, checker *handsh
 	u := websocket.NewUpgrader()
 	u.Engine = engine
 	u.CheckOrigin = func(*http.Request) bool { return true } // checked before, with the JSON 403 of the spec
-	u.KeepaliveTime = cfg.PingInterval*2 + cfg.PingInterval/2
+	// No read deadline (a timer per connection): the hub's ping sweep finds
+	// peers that stopped answering (sink.Ping).
+	u.KeepaliveTime = 0
 	u.MessageLengthLimit = cfg.MaxMessageBytes
 	// On Go's own server (TLS) the read goroutine is started after the
 	// connection is set up, so no message arrives before its session.
 	u.BlockingModHandleRead = false
 	handler := &Handler{cfg: cfg, checker: checker, hub: h, logger: logger, upgrader: u, ctx: ctx}
 	u.OnMessage(handler.onMessage)
+	u.SetPongHandler(func(c *websocket.Conn, _ string) {
+		if s, ok := c.Session().(*sink); ok {
+			s.seen()
+		}
+	})
+	u.SetPingHandler(func(c *websocket.Conn, data string) {
+		if s, ok := c.Session().(*sink); ok {
+			s.seen()
+		}
+		_ = c.WriteMessage(websocket.PongMessage, []byte(data))
+	})
 	u.SetCloseHandler(func(c *websocket.Conn, code int, text string) {
 		// A close frame answers ours, or starts the closing handshake. Only
 		// in the second case is one sent back: a second close frame from the
@@ -96,7 +110,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s := &sink{conn: conn, Writer: transport.NewWriter(conn.Conn, h.cfg.MaxQueueBytes), handler: h}
-	s.bucket.init(h.cfg.MessageRate)
+	s.guard.init(h.cfg.MessageRate)
+	s.seen()
 	conn.SetSession(s)
 	if conn.IsBlockingMod() {
 		// Go's own server (TLS): writes block, so the connection gets a
@@ -109,11 +124,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		_ = s.WriteControl("error", protocol.ErrorMessage("invalid_token", req.TokenErr.Reason))
 		req.Ticket.Release()
 		s.Close(protocol.DisconnectInvalidToken)
+		h.hub.Observer().Disconnect(handshake.WebSocket, protocol.DisconnectInvalidToken.Code)
 		return
 	}
 	sub := hub.NewSubscription(req.User(), req.Params.Types, req.Params.Jobs)
 	id := uuid.NewString()
-	c := h.hub.NewClient(id, handshake.WebSocket, sub, req.Claims.ExpiresAt, s)
+	c := h.hub.NewClient(handshake.WebSocket, sub, req.Claims.ExpiresAt, s)
 	s.client = c
 	c.SetToken(req.Claims.ID, req.Claims.IssuedAt)
 	c.OnClose(req.Ticket.Release)
@@ -129,7 +145,8 @@ func (h *Handler) onMessage(conn *websocket.Conn, typ websocket.MessageType, dat
 		return
 	}
 	c := s.client
-	if !s.bucket.take(h.cfg.MessageRate) {
+	s.seen()
+	if !s.guard.take(h.cfg.MessageRate) {
 		c.Close(protocol.DisconnectPolicy)
 		return
 	}
@@ -172,15 +189,19 @@ func (h *Handler) onMessage(conn *websocket.Conn, typ websocket.MessageType, dat
 // sink is one WebSocket connection as the hub sees it.
 type sink struct {
 	transport.Writer
-	conn    *websocket.Conn
-	handler *Handler
-	client  *hub.Client
-	closed  atomic.Bool
-	bucket  bucket
-	badMu   sync.Mutex
-	badN    int
-	badAt   int64
+	conn     *websocket.Conn
+	handler  *Handler
+	client   *hub.Client
+	closed   atomic.Bool
+	lastSeen atomic.Int64 // Unix seconds of the last frame from the peer
+	guard    guard
 }
+
+// seen notes that the peer sent something: it is alive.
+func (s *sink) seen() { s.lastSeen.Store(time.Now().Unix()) }
+
+// errSilent ends a connection whose peer stopped answering pings.
+var errSilent = errors.New("websocket: peer silent for 2.5 ping intervals")
 
 var pingFrame = []byte{0x89, 0x00}
 
@@ -192,7 +213,15 @@ func (s *sink) WriteControl(name string, msg []byte) error {
 	return s.Write(event.AppendWSTextFrame(make([]byte, 0, len(msg)+4), msg))
 }
 
-func (s *sink) Ping() error { return s.Write(pingFrame) }
+// Ping writes a ping, or reports errSilent when the peer has not answered
+// the last two and a half intervals' pings.
+func (s *sink) Ping() error {
+	silent := time.Since(time.Unix(s.lastSeen.Load(), 0))
+	if silent > s.handler.cfg.PingInterval*5/2 {
+		return errSilent
+	}
+	return s.Write(pingFrame)
+}
 
 func (s *sink) Close(d protocol.Disconnect) {
 	if s.closed.Swap(true) {
@@ -228,45 +257,53 @@ func closeFrame(d protocol.Disconnect) []byte {
 // bad answers a malformed message and closes connections that keep
 // sending them.
 func (s *sink) bad(h *Handler, message string) {
-	now := time.Now().UnixNano()
-	s.badMu.Lock()
-	if now-s.badAt > int64(10*time.Second) {
-		s.badN, s.badAt = 0, now
-	}
-	s.badN++
-	tooMany := s.badN > h.cfg.MaxBadMessages
-	s.badMu.Unlock()
-	if tooMany {
+	if s.guard.bad(h.cfg.MaxBadMessages) {
 		s.client.Close(protocol.DisconnectErrorRate)
 		return
 	}
 	s.client.Send("error", protocol.ErrorMessage("bad_message", message))
 }
 
-// bucket is a token bucket for inbound messages, small enough to live in
-// every connection: rate per second, burst twice the rate.
-type bucket struct {
+// guard limits what one connection may send: a token bucket for messages
+// (rate per second, burst twice the rate) and a count of bad messages per
+// 10 s window. It is small enough to live in every connection.
+type guard struct {
 	mu     sync.Mutex
-	tokens float64
-	last   int64
+	tokens float32
+	badN   int32
+	last   int64 // Unix ns of the last refill
+	badAt  int64 // Unix ns the bad-message window started
 }
 
-func (b *bucket) init(rate float64) { b.tokens, b.last = 2*rate, time.Now().UnixNano() }
+func (g *guard) init(rate float64) { g.tokens, g.last = float32(2*rate), time.Now().UnixNano() }
 
-func (b *bucket) take(rate float64) bool {
+func (g *guard) take(rate float64) bool {
 	if rate <= 0 {
 		return true
 	}
 	now := time.Now().UnixNano()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.tokens = min(2*rate, b.tokens+float64(now-b.last)/1e9*rate)
-	b.last = now
-	if b.tokens < 1 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.tokens = min(float32(2*rate), g.tokens+float32(float64(now-g.last)/1e9*rate))
+	g.last = now
+	if g.tokens < 1 {
 		return false
 	}
-	b.tokens--
+	g.tokens--
 	return true
+}
+
+// bad counts a bad message and reports whether more than max came within
+// the window.
+func (g *guard) bad(max int) bool {
+	now := time.Now().UnixNano()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if now-g.badAt > int64(10*time.Second) {
+		g.badN, g.badAt = 0, now
+	}
+	g.badN++
+	return int(g.badN) > max
 }
 
 func headerHas(h http.Header, name, token string) bool {
