@@ -116,9 +116,9 @@ func (r *Revocations) Revoked(c auth.Claims) bool {
 	return false
 }
 
-// Matches reports whether a live connection's token (jti, iat) of user
-// falls under command c.
-func (c *Command) Matches(user, jti string, issuedAt time.Time) bool {
+// Matches reports whether a live connection of user, whose token has the
+// jti hash jtiHash (auth.JTIHash) and issue time issuedAt, falls under c.
+func (c *Command) Matches(user string, jtiHash uint64, issuedAt time.Time) bool {
 	if user != c.UserID {
 		return false
 	}
@@ -126,7 +126,7 @@ func (c *Command) Matches(user, jti string, issuedAt time.Time) bool {
 	case c.Op == OpDisconnect:
 		return true
 	case c.JTI != "":
-		return jti == c.JTI
+		return jtiHash == auth.JTIHash(c.JTI)
 	default:
 		return issuedAt.IsZero() || issuedAt.Before(c.IssuedBefore)
 	}

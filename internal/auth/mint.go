@@ -61,3 +61,17 @@ func MintWith(secret string, o MintOptions) (string, error) {
 	}
 	return s, nil
 }
+
+// JTIHash is the 64-bit FNV-1a hash of a jti; 0 for no jti. Live
+// connections keep it instead of the jti, so revocations can find them.
+func JTIHash(jti string) uint64 {
+	if jti == "" {
+		return 0
+	}
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(jti); i++ {
+		h ^= uint64(jti[i])
+		h *= 1099511628211
+	}
+	return h
+}

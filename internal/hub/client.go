@@ -33,22 +33,22 @@ type Client struct {
 	expires   int64          // token exp, Unix ns; 0 when none
 	deadline  int64          // next token action, Unix ns; guarded by shard.expMu
 	issuedAt  int64          // token iat, Unix ns, for revocation
-	tokenID   string         // token jti, for revocation
+	tokenID   uint64         // hash of the token's jti (auth.JTIHash), for revocation
 	onClose   func()
 
 	batch []*event.Event // shard worker only
 }
 
-// SetToken records the jti and iat of the connection's token, so a
-// revocation can find the connection.
-func (c *Client) SetToken(jti string, issuedAt time.Time) {
+// SetToken records the token's jti (as its hash, which is all a revocation
+// needs to find the connection, in 8 bytes) and iat.
+func (c *Client) SetToken(jtiHash uint64, issuedAt time.Time) {
 	c.mu.Lock()
-	c.tokenID, c.issuedAt = jti, unixNano(issuedAt)
+	c.tokenID, c.issuedAt = jtiHash, unixNano(issuedAt)
 	c.mu.Unlock()
 }
 
 // Token returns what SetToken recorded.
-func (c *Client) Token() (jti string, issuedAt time.Time) {
+func (c *Client) Token() (jtiHash uint64, issuedAt time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.tokenID, fromUnixNano(c.issuedAt)

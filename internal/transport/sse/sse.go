@@ -21,6 +21,7 @@ import (
 	"github.com/lesismal/nbio"
 	"github.com/lesismal/nbio/nbhttp"
 
+	"github.com/knowledgehub/realtime/internal/auth"
 	"github.com/knowledgehub/realtime/internal/event"
 	"github.com/knowledgehub/realtime/internal/handshake"
 	"github.com/knowledgehub/realtime/internal/hub"
@@ -141,7 +142,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sub := hub.NewSubscription(req.User(), req.Params.Types, req.Params.Jobs)
 	c := h.hub.NewClient(handshake.SSE, sub, req.Claims.ExpiresAt, s)
 	s.client.Store(c)
-	c.SetToken(req.Claims.ID, req.Claims.IssuedAt)
+	c.SetToken(auth.JTIHash(req.Claims.ID), req.Claims.IssuedAt)
 	c.OnClose(req.Ticket.Release)
 	if s.gone.Load() {
 		c.Detach()

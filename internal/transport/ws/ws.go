@@ -16,6 +16,7 @@ import (
 	"github.com/lesismal/nbio/nbhttp"
 	"github.com/lesismal/nbio/nbhttp/websocket"
 
+	"github.com/knowledgehub/realtime/internal/auth"
 	"github.com/knowledgehub/realtime/internal/event"
 	"github.com/knowledgehub/realtime/internal/handshake"
 	"github.com/knowledgehub/realtime/internal/hub"
@@ -131,7 +132,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	id := uuid.NewString()
 	c := h.hub.NewClient(handshake.WebSocket, sub, req.Claims.ExpiresAt, s)
 	s.client = c
-	c.SetToken(req.Claims.ID, req.Claims.IssuedAt)
+	c.SetToken(auth.JTIHash(req.Claims.ID), req.Claims.IssuedAt)
 	c.OnClose(req.Ticket.Release)
 	welcome := protocol.Welcome(id, req.User(), req.Claims.ExpiresAt, "WebSocket connection established")
 	if err := h.hub.Attach(h.ctx, c, welcome, req.Params.Resume, req.Params.ResumeID); err != nil {
@@ -181,7 +182,7 @@ func (h *Handler) onMessage(conn *websocket.Conn, typ websocket.MessageType, dat
 			c.Send("error", protocol.ErrorMessage("invalid_token", err.Error()))
 			return
 		}
-		c.SetToken(claims.ID, claims.IssuedAt)
+		c.SetToken(auth.JTIHash(claims.ID), claims.IssuedAt)
 		c.Send("refreshed", protocol.Refreshed(claims.Subject, claims.ExpiresAt))
 	}
 }
