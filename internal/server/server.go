@@ -299,7 +299,10 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("/api/realtime/stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
-		_ = json.NewEncoder(w).Encode(s.metrics.Snapshot())
+		_ = json.NewEncoder(w).Encode(struct {
+			metrics.Stats
+			EventTypes []string `json:"event_types"` // every type this hub accepts
+		}{s.metrics.Snapshot(), s.types.Names()})
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

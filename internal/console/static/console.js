@@ -55,6 +55,8 @@
       $(id).textContent = typeof v === 'number' ? String(v) : '–';
     });
     $('uptime').textContent = uptime(st.uptime_seconds);
+    // Types configured on the server, so a filter never hides one unseen.
+    (st.event_types || []).forEach(addType);
     statsStatus.textContent = 'stats: live';
     statsStatus.className = 'pill ok';
   }
