@@ -239,7 +239,7 @@ func TestCommandJSON(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &res); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	if !res.OK || res.Fanout == nil || res.Fanout.Delivered != 200 || res.ServerCPU != nil {
+	if !res.OK || res.Target != TargetKnowledgeHub || res.Fanout == nil || res.Fanout.Delivered != 200 || res.Fanout.OrderCheckedBy != "id" || res.ServerCPU != nil {
 		t.Fatalf("result = %s", out.String())
 	}
 
@@ -249,7 +249,7 @@ func TestCommandJSON(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "bench idle against") || !strings.Contains(out.String(), "5 of 5") {
+	if !strings.Contains(out.String(), "bench idle against knowledgehub at "+n.URL) || !strings.Contains(out.String(), "5 of 5") {
 		t.Errorf("table:\n%s", out.String())
 	}
 

@@ -65,6 +65,9 @@ type client struct {
 
 	welcomedAt int64 // UnixNano, set by the dialing worker
 	dialStart  int64 // UnixNano, the start of the successful attempt
+	// pending: buf holds messages that came with the handshake (Centrifugo:
+	// after the subscribe reply, in the same frame), for the reader.
+	pending bool
 
 	// fanout
 	seen     []uint64 // bit set of the sequence numbers received
@@ -73,6 +76,8 @@ type client struct {
 	order    int // events not in increasing id order
 	lastID   event.ID
 	haveLast bool
+	lastOff  uint64 // Centrifugo: offset of the last publication, 0 none
+	lastSeq  int64  // Centrifugo without offsets: last sequence number + 1
 	lastRecv int64
 	barrier  bool
 
@@ -97,9 +102,12 @@ type handler interface {
 // taggedEvent is an event published by this run, parsed without
 // allocating: ID points into the read buffer.
 type taggedEvent struct {
-	ID  []byte
-	Seq int64 // -1 for barrier / marker events
-	T   int64 // publish time, UnixNano
+	ID  []byte // KnowledgeHub's event id; nil from Centrifugo
+	Seq int64  // -1 for barrier / marker events
+	T   int64  // publish time, UnixNano
+	// Offset is Centrifugo's publication offset (channels with history),
+	// 0 if none.
+	Offset uint64
 }
 
 // connError is a refusal of the handshake.
@@ -160,6 +168,9 @@ type dialParams struct {
 // dial opens connection idx and reads its welcome; the reader goroutine is
 // not started.
 func (r *runner) dial(ctx context.Context, idx int, kind transportKind, p dialParams) (*client, error) {
+	if r.cfg.Target == TargetCentrifugo {
+		return r.dialCentrifugo(ctx, idx, p)
+	}
 	q := url.Values{}
 	if p.token != "" {
 		q.Set("token", p.token)
@@ -312,6 +323,11 @@ func (c *client) read() {
 		close(c.done)
 		r.readers.Done()
 	}()
+	centrifugo := r.cfg.Target == TargetCentrifugo
+	if c.pending {
+		c.pending = false
+		r.dispatchCentrifugo(c, c.buf, time.Now().UnixNano())
+	}
 	for {
 		var (
 			name []byte
@@ -333,6 +349,10 @@ func (c *client) read() {
 				r.countClose(closeReason(err))
 			}
 			return
+		}
+		if centrifugo {
+			r.dispatchCentrifugo(c, msg, time.Now().UnixNano())
+			continue
 		}
 		r.dispatch(c, name, msg, time.Now().UnixNano())
 	}

@@ -18,7 +18,10 @@ import (
 const usage = `Usage: knowledgehub bench <scenario> [flags]
 
 Load-tests a KnowledgeHub Realtime server running on this machine (loopback
-only) and prints what it measured; --json prints it for machines.
+only) and prints what it measured; --json prints it for machines. With
+--target centrifugo, idle and fanout load a Centrifugo v6 server instead,
+with the same connections, events, checks and table (see "Comparing with
+Centrifugo" below).
 
 Scenarios:
   idle     open --n connections (--transport ws|sse|both), wait for every
@@ -50,6 +53,39 @@ run it with --connect-rate-per-ip 0 --connect-rate-per-user 0
 --max-connections-per-ip 0 --max-connections-per-user 0 and --max-connections
 above the total.
 
+Comparing with Centrifugo (v6): run the same scenario against both servers,
+one at a time on an otherwise idle machine, and compare the tables line by
+line. Centrifugo's config (127.0.0.1:8000; checkconfig accepts it):
+  {"http_server": {"address": "127.0.0.1", "port": 8000},
+   "log": {"level": "warn"},
+   "client": {"allow_anonymous_connect_without_token": true,
+              "token": {"hmac_secret_key": "SECRET"}},
+   "http_api": {"key": "APIKEY"},
+   "channel": {"without_namespace": {"allow_subscribe_for_client": true,
+               "allow_subscribe_for_anonymous": true,
+               "history_size": 1000, "history_ttl": "300s"}},
+   "prometheus": {"enabled": true}}
+then
+  centrifugo -c centrifugo.json &
+  knowledgehub bench fanout --n 5000 --rate 200 --duration 30s --json > kh.json
+  knowledgehub bench fanout --target centrifugo --server http://127.0.0.1:8000 \
+      --centrifugo-api-key APIKEY --n 5000 --rate 200 --duration 30s --json > cf.json
+Each connection sends connect and subscribe (--channel) in one frame; the
+connect reply is the welcome. Events are published with /api/publish
+(/api/batch for --batch > 1), each with an idempotency key; their data is
+the same event object KnowledgeHub gets. Losses and duplicates are counted
+by sequence number; the order is checked on the publication offsets, which
+need the channel's history (history_size, history_ttl), else on the
+sequence numbers with --concurrency 1. prometheus.enabled gives the
+/metrics cross-checks (RSS, goroutines, centrifugo_node_num_clients,
+push_publication frames sent). --token-user mints HS256 tokens with
+--secret, which must be client.token.hmac_secret_key; without it the
+connections are anonymous (allow_anonymous_connect_without_token); the
+bench does not refresh tokens, so keep --token-ttl above the run's length.
+Centrifugo keeps the history in memory; KnowledgeHub's default store
+(disk) fsyncs every event before answering: for like-for-like, also run
+KnowledgeHub with --store memory, or say which store the numbers are from.
+
 Exit status: 0 all checks passed, 1 a check failed (the problems are listed)
 or the server could not be reached, 2 bad command line.
 
@@ -63,6 +99,7 @@ Examples:
   knowledgehub bench fanout --n 5000 --rate 200 --duration 30s --json > fanout.json
   knowledgehub bench publish --concurrency 16 --batch 100 --duration 20s
   knowledgehub bench resume --n 2000 --events 500 --transport sse
+  knowledgehub bench fanout --target centrifugo --server http://127.0.0.1:8000 --centrifugo-api-key APIKEY --n 5000 --rate 200
 `
 
 // RunCommand is `knowledgehub bench`.
@@ -74,10 +111,13 @@ func RunCommand(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 	var cfg Config
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	server := fs.String("server", "", "server URL, loopback only (default: $KNOWLEDGEHUB_URL, else the dev credentials' url, else "+cli.DefaultServer+")")
+	fs.StringVar(&cfg.Target, "target", TargetKnowledgeHub, "the server to load: knowledgehub, or centrifugo (a Centrifugo v6 server; idle and fanout)")
+	server := fs.String("server", "", "server URL, loopback only (default: $KNOWLEDGEHUB_URL, else the dev credentials' url, else "+cli.DefaultServer+"; centrifugo: "+defaultCentrifugoServer+")")
 	dataDir := fs.String("data-dir", "", "data directory holding dev-credentials.json (default: $KNOWLEDGEHUB_DATA_DIR or ./data)")
-	secret := fs.String("secret", "", "HMAC secret for --token-user (default: $KNOWLEDGEHUB_JWT_SECRET, else the dev credentials)")
+	secret := fs.String("secret", "", "HMAC secret for --token-user (default: $KNOWLEDGEHUB_JWT_SECRET, else the dev credentials; centrifugo: its client.token.hmac_secret_key, default $CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY)")
 	key := fs.String("key", "", "publish key (default: $KNOWLEDGEHUB_PUBLISH_KEY, else the dev credentials)")
+	cfKey := fs.String("centrifugo-api-key", "", "centrifugo: its http_api.key, sent as X-API-Key (default: $CENTRIFUGO_HTTP_API_KEY)")
+	fs.StringVar(&cfg.Channel, "channel", "bench", "centrifugo: the channel to subscribe to and publish to")
 	fs.StringVar(&cfg.TokenUser, "token-user", "", `authenticate each connection as this user; "%d" is replaced by the connection number (one user per connection)`)
 	fs.DurationVar(&cfg.TokenTTL, "token-ttl", 0, "token lifetime (0: no exp claim)")
 	fs.StringVar(&cfg.Transport, "transport", "ws", "ws, sse or both (alternating)")
@@ -149,26 +189,55 @@ func RunCommand(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 	if !slices.Contains(Scenarios, cfg.Scenario) {
 		return &cli.ExitError{Code: 2, Err: fmt.Errorf("unknown scenario %q: want one of %s", cfg.Scenario, strings.Join(Scenarios, ", "))}
 	}
-	dir := *dataDir
-	if dir == "" {
-		dir = getenv(config.EnvName("data_dir"))
-	}
-	if dir == "" {
-		dir = cli.DefaultDataDir
-	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	var err error
-	if cfg.Server, err = cli.ResolveServer(*server, dir, o); err != nil {
-		return err
-	}
-	if cfg.TokenUser != "" {
-		if cfg.Secret, err = cli.ResolveSecret(*secret, dir, o); err != nil {
+	switch cfg.Target {
+	case TargetKnowledgeHub:
+		for _, name := range []string{"centrifugo-api-key", "channel"} {
+			if set[name] {
+				return &cli.ExitError{Code: 2, Err: fmt.Errorf("--%s is for --target centrifugo", name)}
+			}
+		}
+		dir := *dataDir
+		if dir == "" {
+			dir = getenv(config.EnvName("data_dir"))
+		}
+		if dir == "" {
+			dir = cli.DefaultDataDir
+		}
+		if cfg.Server, err = cli.ResolveServer(*server, dir, o); err != nil {
 			return err
 		}
-	}
-	if cfg.Scenario != "idle" {
-		if cfg.PublishKey, err = cli.ResolvePublishKey(*key, dir, o); err != nil {
-			return err
+		if cfg.TokenUser != "" {
+			if cfg.Secret, err = cli.ResolveSecret(*secret, dir, o); err != nil {
+				return err
+			}
 		}
+		if cfg.Scenario != "idle" {
+			if cfg.PublishKey, err = cli.ResolvePublishKey(*key, dir, o); err != nil {
+				return err
+			}
+		}
+	case TargetCentrifugo:
+		for _, name := range []string{"key", "data-dir", "job"} {
+			if set[name] {
+				return &cli.ExitError{Code: 2, Err: fmt.Errorf("--%s is for --target knowledgehub (centrifugo: --centrifugo-api-key, --channel)", name)}
+			}
+		}
+		cfg.Server = firstNonEmpty(*server, defaultCentrifugoServer)
+		cfg.CentrifugoAPIKey = firstNonEmpty(*cfKey, strings.TrimSpace(getenv("CENTRIFUGO_HTTP_API_KEY")))
+		if cfg.TokenUser != "" {
+			cfg.Secret = firstNonEmpty(*secret, strings.TrimSpace(getenv("CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY")))
+			if cfg.Secret == "" {
+				return &cli.ExitError{Code: 2, Err: errors.New("--token-user needs --secret (Centrifugo's client.token.hmac_secret_key) or $CENTRIFUGO_CLIENT_TOKEN_HMAC_SECRET_KEY")}
+			}
+		}
+		if cfg.Scenario != "idle" && cfg.CentrifugoAPIKey == "" {
+			return &cli.ExitError{Code: 2, Err: errors.New("--target centrifugo publishes with the HTTP API: pass --centrifugo-api-key (its http_api.key) or set $CENTRIFUGO_HTTP_API_KEY")}
+		}
+	default:
+		return &cli.ExitError{Code: 2, Err: fmt.Errorf("--target %q: want %s", cfg.Target, strings.Join(Targets, " or "))}
 	}
 	if *sources != "" {
 		if cfg.SourceAddrs, err = ParseSourceAddrs(*sources); err != nil {
@@ -199,7 +268,19 @@ func RunCommand(ctx context.Context, args []string, stdout, stderr io.Writer, ge
 		res.WriteTable(stdout)
 	}
 	if !res.OK {
-		return &cli.ExitError{Code: 1, Err: fmt.Errorf("%s: %d check(s) failed", cfg.Scenario, len(res.Problems))}
+		return &cli.ExitError{Code: 1, Err: fmt.Errorf("%s against %s: %d check(s) failed", cfg.Scenario, cfg.Target, len(res.Problems))}
 	}
 	return nil
+}
+
+// defaultCentrifugoServer is where Centrifugo listens by default.
+const defaultCentrifugoServer = "http://127.0.0.1:8000"
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
 }

@@ -2,7 +2,8 @@
 // `knowledgehub bench idle|fanout|publish|resume`. Each scenario is a
 // function taking a Config and a progress writer and returning a Result;
 // the command in cmd.go parses flags and prints the result as a table or
-// JSON.
+// JSON. With Config.Target "centrifugo", idle and fanout load a Centrifugo
+// v6 server the same way, for comparisons (centrifugo.go).
 //
 // Only loopback servers are accepted: the tool opens thousands of
 // connections and publishes as fast as asked, which is not something to
@@ -15,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -22,10 +24,27 @@ import (
 // Scenarios are the names of the scenarios.
 var Scenarios = []string{"idle", "fanout", "publish", "resume"}
 
+// The servers the bench can load: TargetKnowledgeHub (every scenario) and
+// TargetCentrifugo, a Centrifugo v6 server spoken to with its JSON
+// WebSocket protocol and its HTTP API, for side-by-side comparisons (idle
+// and fanout).
+const (
+	TargetKnowledgeHub = "knowledgehub"
+	TargetCentrifugo   = "centrifugo"
+)
+
+// Targets are the names of the targets.
+var Targets = []string{TargetKnowledgeHub, TargetCentrifugo}
+
+// CentrifugoScenarios are the scenarios that --target centrifugo runs.
+var CentrifugoScenarios = []string{"idle", "fanout"}
+
 // Config describes one run.
 type Config struct {
 	// Scenario is idle, fanout, publish or resume.
 	Scenario string
+	// Target is the kind of server: knowledgehub (default) or centrifugo.
+	Target string
 	// Server is the base URL, http://127.0.0.1:3000. Loopback only.
 	Server string
 	// Transport of the connections: ws, sse or both (alternating).
@@ -42,6 +61,14 @@ type Config struct {
 	TokenTTL  time.Duration
 	// PublishKey authenticates the publish API (fanout, publish, resume).
 	PublishKey string
+
+	// Centrifugo target: CentrifugoAPIKey is its http_api.key (sent as
+	// X-API-Key; empty for a server with http_api.insecure), Channel the
+	// channel every connection subscribes to and every event is published
+	// to. Secret, when TokenUser is set, is its
+	// client.token.hmac_secret_key.
+	CentrifugoAPIKey string
+	Channel          string
 
 	// ServerPID is the server process, for RSS and CPU; 0 finds the process
 	// listening on the server's port, -1 disables.
@@ -105,6 +132,12 @@ type Config struct {
 
 // Defaults fills the zero fields with the defaults.
 func (c *Config) Defaults() {
+	if c.Target == "" {
+		c.Target = TargetKnowledgeHub
+	}
+	if c.Channel == "" {
+		c.Channel = "bench"
+	}
 	if c.Transport == "" {
 		c.Transport = "ws"
 	}
@@ -174,6 +207,24 @@ func (c *Config) Validate() error {
 	if _, _, err := serverAddr(c.Server); err != nil {
 		return err
 	}
+	switch c.Target {
+	case TargetKnowledgeHub:
+	case TargetCentrifugo:
+		if !slices.Contains(CentrifugoScenarios, c.Scenario) {
+			return fmt.Errorf("--target centrifugo runs %s, not %s", strings.Join(CentrifugoScenarios, " and "), c.Scenario)
+		}
+		if c.Transport != "ws" {
+			return fmt.Errorf("--target centrifugo: --transport %q: only ws (Centrifugo's bidirectional JSON protocol)", c.Transport)
+		}
+		if c.JobID != "" {
+			return errors.New("--job is for knowledgehub: Centrifugo connections subscribe to --channel")
+		}
+		if err := validChannel(c.Channel); err != nil {
+			return err
+		}
+	default:
+		return fmt.Errorf("--target %q: want %s", c.Target, strings.Join(Targets, " or "))
+	}
 	switch c.Transport {
 	case "ws", "sse", "both":
 	default:
@@ -185,7 +236,7 @@ func (c *Config) Validate() error {
 	if c.TokenUser != "" && c.Secret == "" {
 		return errors.New("--token-user needs a secret: --secret, $KNOWLEDGEHUB_JWT_SECRET or the development credentials")
 	}
-	if c.Scenario != "idle" && c.PublishKey == "" {
+	if c.Target == TargetKnowledgeHub && c.Scenario != "idle" && c.PublishKey == "" {
 		return errors.New("no publish key: --key, $KNOWLEDGEHUB_PUBLISH_KEY or the development credentials")
 	}
 	for _, a := range c.SourceAddrs {
@@ -210,6 +261,20 @@ func (c *Config) Validate() error {
 	}
 	if c.Duration <= 0 || c.Timeout <= 0 || c.ConnectTimeout <= 0 {
 		return errors.New("--duration, --timeout and --connect-timeout must be > 0")
+	}
+	return nil
+}
+
+// validChannel accepts what Centrifugo's default channel options accept
+// and the bench can put in JSON and a frame without escaping surprises.
+func validChannel(ch string) error {
+	if ch == "" || len(ch) > 255 {
+		return fmt.Errorf("--channel %q: want 1 to 255 bytes", ch)
+	}
+	for _, r := range ch {
+		if r < 0x20 || r == 0x7f || r == '"' || r == '\\' {
+			return fmt.Errorf("--channel %q: no quotes, backslashes or control characters", ch)
+		}
 	}
 	return nil
 }

@@ -19,16 +19,38 @@ type fanoutHandler struct {
 	hist      *Hist
 	delivered atomic.Int64 // unique deliveries of measured events
 	dups      atomic.Int64
+	// Centrifugo: offsets says publications carried offsets (the order
+	// is checked on them); without them, seqOrder checks the order on the
+	// sequence numbers, which is the publication order only when one
+	// publish request is in flight at a time.
+	offsets  atomic.Bool
+	seqOrder bool
 }
 
 func (h *fanoutHandler) onEvent(c *client, ev *taggedEvent, now int64) {
-	if id, err := event.ParseID(string(ev.ID)); err == nil {
-		if c.haveLast && !c.lastID.Less(id) {
+	switch {
+	case len(ev.ID) > 0:
+		if id, err := event.ParseID(string(ev.ID)); err == nil {
+			if c.haveLast && !c.lastID.Less(id) {
+				c.order++
+			}
+			c.lastID, c.haveLast = id, true
+		}
+		c.lastTagged = string(ev.ID)
+	case ev.Offset > 0:
+		if c.lastOff != 0 && ev.Offset <= c.lastOff {
 			c.order++
 		}
-		c.lastID, c.haveLast = id, true
+		c.lastOff = ev.Offset
+		if !h.offsets.Load() {
+			h.offsets.Store(true)
+		}
+	case h.seqOrder && ev.Seq >= 0:
+		if ev.Seq < c.lastSeq {
+			c.order++
+		}
+		c.lastSeq = ev.Seq + 1
 	}
-	c.lastTagged = string(ev.ID)
 	if ev.Seq < 0 {
 		if !c.barrier {
 			c.barrier = true
@@ -72,7 +94,7 @@ func Fanout(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 		planned = 1
 	}
 	words := (planned + 63) / 64
-	h := &fanoutHandler{r: r, hist: &Hist{}}
+	h := &fanoutHandler{r: r, hist: &Hist{}, seqOrder: cfg.Target == TargetCentrifugo && cfg.Concurrency == 1}
 
 	clients, cs := r.connectAll(cfg.N, h, nil, "connect")
 	res.Connect = cs
@@ -212,7 +234,7 @@ func Fanout(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 		f.DeliveriesPerSec = float64(f.Delivered) / (float64(lastRecv-start.UnixNano()) / 1e9)
 	}
 	if before.metrics != nil && after.metrics != nil {
-		f.ServerDelivered = int64(after.metrics["knowledgehub_events_delivered_total"] - before.metrics["knowledgehub_events_delivered_total"])
+		f.ServerDelivered = int64(after.metrics[r.deliveredMetric] - before.metrics[r.deliveredMetric])
 	}
 	if r.pid > 0 {
 		c := &CPUStats{PID: r.pid, Seconds: cpu1 - cpu0, Wall: wall}
@@ -222,6 +244,21 @@ func Fanout(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 		}
 		res.ServerCPU = c
 	}
+	f.OrderCheckedBy = "id"
+	if cfg.Target == TargetCentrifugo {
+		switch {
+		case f.Delivered == 0:
+			f.OrderCheckedBy = "none"
+		case h.offsets.Load():
+			f.OrderCheckedBy = "offset"
+		case h.seqOrder:
+			f.OrderCheckedBy = "sequence"
+			res.note("the channel keeps no history, so publications carry no offset: the order was checked on the sequence numbers (--concurrency 1)")
+		default:
+			f.OrderCheckedBy = "none"
+			res.note("order not checked: the channel keeps no history (no offsets) and --concurrency %d publishes out of sequence order; set history_size and history_ttl on the channel, or use --concurrency 1", cfg.Concurrency)
+		}
+	}
 	if !stopped {
 		if f.Missing > 0 {
 			res.problem("%d deliveries missing (of %d expected)", f.Missing, f.Expected)
@@ -230,7 +267,7 @@ func Fanout(ctx context.Context, cfg Config, progress io.Writer) (*Result, error
 			res.problem("%d duplicate deliveries", f.Duplicates)
 		}
 		if f.OrderViolations > 0 {
-			res.problem("%d events received out of id order", f.OrderViolations)
+			res.problem("%d events received out of %s order", f.OrderViolations, f.OrderCheckedBy)
 		}
 		if f.Published == 0 {
 			res.problem("nothing was published")

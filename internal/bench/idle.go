@@ -42,12 +42,15 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) 
 		return r.finish(clients), nil
 	}
 	after := r.sample()
-	res.Memory = memoryStats(r.pid, before, after, cs.Welcomed)
+	res.Memory = memoryStats(r.pid, before, after, cs.Welcomed, r.connMetric)
 	if m := res.Memory; cfg.RSSBaseline > 0 && m.ServerConnections > 0 && m.RSSAfter > 0 {
 		m.RSSBaseline = cfg.RSSBaseline
 		m.BytesPerServerConn = float64(m.RSSAfter-cfg.RSSBaseline) / float64(m.ServerConnections)
 	}
 
+	if m := res.Memory; cfg.Target == TargetCentrifugo && cfg.RSSBaseline == 0 && m.MetricsRSSAfter > 0 && m.ServerConnections < int64(cs.Welcomed) {
+		res.note("Centrifugo reports %d clients for %d connections: centrifugo_node_num_clients is refreshed about once a second; give --settle 2s or more", m.ServerConnections, cs.Welcomed)
+	}
 	if m := res.Memory; m.RSSAfter > 0 || m.MetricsRSSAfter > 0 {
 		rssGrowth := max(m.RSSAfter-m.RSSBefore, m.MetricsRSSAfter-m.MetricsRSSBefore)
 		if heapGrowth := m.HeapInuseAfter - m.HeapInuseBefore; heapGrowth > 2*max(rssGrowth, 0)+(1<<20) {
@@ -72,7 +75,7 @@ func Idle(ctx context.Context, cfg Config, progress io.Writer) (*Result, error) 
 	return r.finish(clients), nil
 }
 
-func memoryStats(pid int, before, after sample, n int) *MemoryStats {
+func memoryStats(pid int, before, after sample, n int, connMetric string) *MemoryStats {
 	m := &MemoryStats{ServerPID: pid, RSSBefore: before.rss, RSSAfter: after.rss}
 	per := func(a, b float64) float64 {
 		if n == 0 {
@@ -92,7 +95,7 @@ func memoryStats(pid int, before, after sample, n int) *MemoryStats {
 		m.GoroutinesBefore = int64(before.metrics["go_goroutines"])
 		m.GoroutinesAfter = int64(after.metrics["go_goroutines"])
 		m.GoroutinesPerConn = per(float64(m.GoroutinesBefore), float64(m.GoroutinesAfter))
-		m.ServerConnections = int64(after.metrics["knowledgehub_connections"])
+		m.ServerConnections = int64(after.metrics[connMetric])
 	}
 	return m
 }

@@ -173,7 +173,9 @@ func localPortRange() int {
 }
 
 // Metrics is a scrape of /metrics: each sample name with the sum of its
-// values over all label sets.
+// values over all label sets, and each name{label="value"} with the sum
+// over the label sets holding that label (as written in the exposition,
+// e.g. centrifugo_transport_messages_sent{frame_type="push_publication"}).
 type Metrics map[string]float64
 
 // ScrapeMetrics reads the Prometheus text exposition at url.
@@ -197,7 +199,7 @@ func ScrapeMetrics(ctx context.Context, client *http.Client, url string) (Metric
 }
 
 // ParseMetrics parses the Prometheus text format, summing the samples of
-// each name over their labels.
+// each name over their labels, and of each name and single label.
 func ParseMetrics(r io.Reader) (Metrics, error) {
 	m := Metrics{}
 	sc := bufio.NewScanner(r)
@@ -213,11 +215,13 @@ func ParseMetrics(r io.Reader) (Metrics, error) {
 			name = line[:i]
 			rest = line[i:]
 		}
+		var labels []string
 		if strings.HasPrefix(rest, "{") {
 			j := strings.LastIndexByte(rest, '}')
 			if j < 0 {
 				continue
 			}
+			labels = splitLabels(rest[1:j])
 			rest = rest[j+1:]
 		}
 		f := strings.Fields(rest)
@@ -229,6 +233,9 @@ func ParseMetrics(r io.Reader) (Metrics, error) {
 			continue
 		}
 		m[name] += v
+		for _, l := range labels {
+			m[name+"{"+l+"}"] += v
+		}
 	}
 	if err := sc.Err(); err != nil {
 		return m, err
@@ -237,4 +244,27 @@ func ParseMetrics(r io.Reader) (Metrics, error) {
 		return m, errors.New("no metrics in the answer")
 	}
 	return m, nil
+}
+
+// splitLabels splits `a="x",b="y,\"z"` into `a="x"` and `b="y,\"z"`.
+func splitLabels(s string) []string {
+	var out []string
+	start, inQuote := 0, false
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case inQuote && c == '\\':
+			i++
+		case c == '"':
+			inQuote = !inQuote
+		case c == ',' && !inQuote:
+			if l := strings.TrimSpace(s[start:i]); l != "" {
+				out = append(out, l)
+			}
+			start = i + 1
+		}
+	}
+	if l := strings.TrimSpace(s[start:]); l != "" {
+		out = append(out, l)
+	}
+	return out
 }

@@ -12,8 +12,12 @@ import (
 // Result is the outcome of one run. Sections that do not apply to the
 // scenario are nil.
 type Result struct {
-	Scenario  string    `json:"scenario"`
-	Server    string    `json:"server"`
+	Scenario string `json:"scenario"`
+	// Target is the kind of server loaded: knowledgehub or centrifugo.
+	Target string `json:"target"`
+	Server string `json:"server"`
+	// Channel is the Centrifugo channel of the run.
+	Channel   string    `json:"channel,omitempty"`
 	Transport string    `json:"transport,omitempty"`
 	N         int       `json:"n,omitempty"`
 	Started   time.Time `json:"started"`
@@ -98,15 +102,21 @@ type FanoutStats struct {
 	Missing         int64   `json:"missing"`
 	Duplicates      int64   `json:"duplicates"`
 	OrderViolations int64   `json:"order_violations"`
-	Unacknowledged  int64   `json:"unacknowledged_received"`
+	// OrderCheckedBy is what the order was checked on: "id" (KnowledgeHub's
+	// event ids), "offset" (Centrifugo's publication offsets), "sequence"
+	// (the bench's sequence numbers, Centrifugo without history and
+	// --concurrency 1) or "none".
+	OrderCheckedBy string `json:"order_checked_by,omitempty"`
+	Unacknowledged int64  `json:"unacknowledged_received"`
 	// DeliveriesPerSec is deliveries from the first publish to the last
 	// receipt.
 	DeliveriesPerSec float64   `json:"deliveries_per_sec"`
 	Latency          Quantiles `json:"latency"`
 	// PublishLatency is the publish request round trip.
 	PublishLatency Quantiles `json:"publish_latency"`
-	// ServerDelivered is the growth of knowledgehub_events_delivered_total
-	// (includes the barrier events).
+	// ServerDelivered is the growth of knowledgehub_events_delivered_total,
+	// or Centrifugo's centrifugo_transport_messages_sent of push_publication
+	// frames (includes the barrier events).
 	ServerDelivered int64 `json:"server_metric_delivered,omitempty"`
 }
 
@@ -189,9 +199,17 @@ func (r *Result) WriteTable(w io.Writer) {
 	if !r.OK {
 		status = "FAILED"
 	}
-	head(fmt.Sprintf("bench %s against %s: %s in %.1fs", r.Scenario, r.Server, status, r.Seconds))
+	target := r.Target
+	if target == "" {
+		target = TargetKnowledgeHub
+	}
+	head(fmt.Sprintf("bench %s against %s at %s: %s in %.1fs", r.Scenario, target, r.Server, status, r.Seconds))
 	if r.Transport != "" && r.Scenario != "publish" {
-		row("connections", "%d over %s", r.N, r.Transport)
+		if r.Channel != "" {
+			row("connections", "%d over %s, channel %s", r.N, r.Transport, r.Channel)
+		} else {
+			row("connections", "%d over %s", r.N, r.Transport)
+		}
 	}
 	conn := func(title string, c *ConnectStats) {
 		if c == nil {
@@ -231,7 +249,11 @@ func (r *Result) WriteTable(w io.Writer) {
 		lat("publish→receive", f.Latency)
 		lat("publish request", f.PublishLatency)
 		if f.ServerDelivered > 0 {
-			row("server metric", "%d deliveries (events_delivered_total, incl. barriers)", f.ServerDelivered)
+			metric := "events_delivered_total"
+			if target == TargetCentrifugo {
+				metric = "transport_messages_sent push_publication"
+			}
+			row("server metric", "%d deliveries (%s, incl. barriers)", f.ServerDelivered, metric)
 		}
 	}
 	if p := r.Publish; p != nil {

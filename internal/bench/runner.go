@@ -59,6 +59,11 @@ type runner struct {
 	http     *http.Client
 	pid      int // server, 0 unknown
 
+	// The /metrics series of the server's connection count and of its
+	// deliveries (see centrifugo.go).
+	connMetric      string
+	deliveredMetric string
+
 	run   string // random id of this run, in every event it publishes
 	tag   []byte // `"bench_run":"<run>"`
 	pad   string
@@ -97,9 +102,17 @@ func newRunner(ctx context.Context, cfg Config, progress io.Writer) (*runner, er
 		ssePath:  prefix + "/api/realtime/stream",
 		progress: progress,
 		res: &Result{
-			Scenario: cfg.Scenario, Server: cfg.Server, Transport: cfg.Transport, N: cfg.N,
+			Scenario: cfg.Scenario, Target: cfg.Target, Server: cfg.Server, Transport: cfg.Transport, N: cfg.N,
 			Started: time.Now(), Bench: BenchProcess{PID: os.Getpid()},
 		},
+		connMetric:      khConnectionsMetric,
+		deliveredMetric: khDeliveredMetric,
+	}
+	if cfg.Target == TargetCentrifugo {
+		r.wsURL = cfWSURL(hostPort, prefix)
+		r.ssePath = ""
+		r.connMetric, r.deliveredMetric = cfConnectionsMetric, cfDeliveredMetric
+		r.res.Channel = cfg.Channel
 	}
 	if cfg.Scenario == "publish" {
 		r.res.Transport, r.res.N = "", 0
@@ -202,8 +215,11 @@ func describeSources(s []net.Addr) string {
 	return fmt.Sprintf("%s .. %s (%d)", s[0].(*net.TCPAddr).IP, s[len(s)-1].(*net.TCPAddr).IP, len(s))
 }
 
-// ping checks the server answers /healthz.
+// ping checks the server answers /healthz (Centrifugo: /api/info).
 func (r *runner) ping() error {
+	if r.cfg.Target == TargetCentrifugo {
+		return r.cfPing()
+	}
 	ctx, cancel := context.WithTimeout(r.ctx, 5*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, r.baseURL+"/healthz", nil)
@@ -507,8 +523,11 @@ func (r *runner) appendEvent(b []byte, seq int64, t int64) []byte {
 }
 
 // body is a publish request of count events from seq on; a single event
-// is sent as an object, more as a batch.
+// is sent as an object, more as a batch. Centrifugo: see cfBody.
 func (r *runner) body(seq int64, count int) []byte {
+	if r.cfg.Target == TargetCentrifugo {
+		return r.cfBody(seq, count)
+	}
 	t := time.Now().UnixNano()
 	b := make([]byte, 0, count*(r.cfg.EventSize+16)+2)
 	if count == 1 {
@@ -548,7 +567,8 @@ func (e *apiError) key() string {
 }
 
 // publish posts body, retrying network errors, 429 and 503 with the same
-// Idempotency-Key so that no event is published twice. It returns the ids.
+// Idempotency-Key so that no event is published twice. It returns the ids
+// (Centrifugo: the offsets, "" without history).
 func (r *runner) publish(body []byte) ([]string, error) {
 	key := r.run + "-" + strconv.FormatUint(rand.Uint64(), 36)
 	var lastErr error
@@ -576,6 +596,9 @@ func (r *runner) publish(body []byte) ([]string, error) {
 }
 
 func (r *runner) publishOnce(body []byte, idemKey string) ([]string, error) {
+	if r.cfg.Target == TargetCentrifugo {
+		return r.cfPublishOnce(body) // the idempotency keys are in the body
+	}
 	req, err := http.NewRequestWithContext(r.ctx, http.MethodPost, r.baseURL+"/api/realtime/events", bytes.NewReader(body))
 	if err != nil {
 		return nil, err
