@@ -117,10 +117,10 @@ func (p *Publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		p.Logger.Warn("publish failed", "err", err, "events", len(evs))
 		if errors.Is(err, store.ErrUnavailable) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, store.ErrClosed) {
-			protocol.WriteError(w, http.StatusServiceUnavailable, "unavailable", "event log unavailable; nothing was published, retry", 2*time.Second)
+			protocol.WriteError(w, http.StatusServiceUnavailable, "unavailable", "event log unavailable: the events may or may not have been stored; retry with the same Idempotency-Key to publish them exactly once", 2*time.Second)
 			return
 		}
-		protocol.WriteError(w, http.StatusInternalServerError, "store_error", "event log error; nothing was published", 0)
+		protocol.WriteError(w, http.StatusInternalServerError, "store_error", "event log error: the events may or may not have been stored; retry with the same Idempotency-Key", 0)
 		return
 	}
 	if p.Observer != nil && !replayed {

@@ -22,7 +22,16 @@ import (
 // binary is the knowledgehub executable the nodes run.
 var binary string
 
+// EnvBinary names the environment variable that gives the tests a
+// knowledgehub binary built beforehand instead of building one (for a run
+// against a fixed build while the tree is being edited).
+const EnvBinary = "KNOWLEDGEHUB_CLUSTER_BINARY"
+
 func TestMain(m *testing.M) {
+	if b := os.Getenv(EnvBinary); b != "" {
+		binary = b
+		os.Exit(m.Run())
+	}
 	dir, err := os.MkdirTemp("", "knowledgehub-cluster-test")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -414,11 +414,10 @@ func retryDelay(attempts int, _ rueidis.Completed, _ error) time.Duration {
 	return time.Duration(attempts) * 50 * time.Millisecond
 }
 
-// withTimeout bounds ctx by d unless it already has a deadline.
+// withTimeout bounds ctx by d.
 func withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	if _, ok := ctx.Deadline(); ok {
-		return ctx, func() {}
-	}
+	// An earlier deadline of the caller stays; a later one is cut to d, so
+	// a hung Redis is reported within d whatever the caller allowed.
 	return context.WithTimeout(ctx, d)
 }
 
