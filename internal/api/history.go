@@ -99,5 +99,6 @@ func (h *History) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	out = append(out, "]\n"...)
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("Content-Length", strconv.Itoa(len(out)))
 	_, _ = w.Write(out)
 }

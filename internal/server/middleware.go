@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -143,5 +144,80 @@ func (s *Server) recoverPanics(next http.Handler) http.Handler {
 			}
 		}()
 		next.ServeHTTP(w, r)
+	})
+}
+
+// lengthWriter gives every response a Content-Length. The event loop's
+// HTTP engine (nbio v1.6.8) mishandles its own chunked encoding for bodies
+// over 64 KiB written without one: it frees a pooled buffer twice, so two
+// connections can end up sharing it and one request's body is read as
+// another's. Responses are therefore collected and written once, with their
+// length; a handler that sets Content-Length itself writes straight through.
+// Streams hijack their connection and never reach the buffer.
+type lengthWriter struct {
+	http.ResponseWriter
+	status   int
+	buf      []byte
+	direct   bool // the handler set Content-Length: write through
+	hijacked bool
+}
+
+func (lw *lengthWriter) WriteHeader(code int) {
+	if lw.status != 0 {
+		return
+	}
+	lw.status = code
+	if lw.Header().Get("Content-Length") != "" {
+		lw.direct = true
+		lw.ResponseWriter.WriteHeader(code)
+	}
+}
+
+func (lw *lengthWriter) Write(b []byte) (int, error) {
+	if lw.status == 0 {
+		lw.WriteHeader(http.StatusOK)
+	}
+	if lw.direct {
+		return lw.ResponseWriter.Write(b)
+	}
+	lw.buf = append(lw.buf, b...)
+	return len(b), nil
+}
+
+// Flush is a no-op: the body is written whole when the handler returns.
+func (lw *lengthWriter) Flush() {}
+
+func (lw *lengthWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := lw.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("response cannot be hijacked")
+	}
+	lw.hijacked = true
+	return hj.Hijack()
+}
+
+// finish writes the collected response with its length.
+func (lw *lengthWriter) finish() {
+	if lw.hijacked || lw.direct {
+		return
+	}
+	if lw.status == 0 {
+		lw.status = http.StatusOK
+	}
+	if lw.status != http.StatusNoContent && lw.status != http.StatusNotModified && lw.status >= 200 {
+		lw.Header().Set("Content-Length", strconv.Itoa(len(lw.buf)))
+	}
+	lw.ResponseWriter.WriteHeader(lw.status)
+	if len(lw.buf) > 0 {
+		_, _ = lw.ResponseWriter.Write(lw.buf)
+	}
+}
+
+// withLength wraps every response in a lengthWriter.
+func withLength(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		lw := &lengthWriter{ResponseWriter: w}
+		defer lw.finish()
+		next.ServeHTTP(lw, r)
 	})
 }

@@ -313,7 +313,7 @@ func (s *Server) routes() http.Handler {
 	mux.Handle("/api/admin/", adminHandler)
 	mux.Handle("/metrics", s.metrics.Handler())
 	mux.Handle("/", console.Handler())
-	return s.accessLog(s.recoverPanics(limitHeaders(mux)))
+	return withLength(s.accessLog(s.recoverPanics(limitHeaders(mux))))
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
