@@ -224,7 +224,7 @@ func (h *Hub) replay(ctx context.Context, c *Client, after event.ID) error {
 		if len(evs) > 0 {
 			after = evs[len(evs)-1].ID
 		}
-		if !c.writeReplay(page, after) {
+		if !c.writeReplayPaced(ctx, page, after) {
 			return nil
 		}
 		if len(evs) < h.cfg.ReplayPage {
@@ -233,6 +233,61 @@ func (h *Hub) replay(ctx context.Context, c *Client, after event.ID) error {
 	}
 	c.finishReplay()
 	return nil
+}
+
+// replayChunk bounds one replay write; before each, the replay waits for
+// the client's queue to drain to half its budget, so a long replay to a
+// client that keeps up never looks like a slow consumer.
+const replayChunk = 256 << 10
+
+// replayStall is how long a replay waits for a client that drains nothing.
+const replayStall = 10 * time.Second
+
+// writeReplayPaced writes a replay page in chunks, pacing them by the
+// client's backlog; upTo is the last id the page covered.
+func (c *Client) writeReplayPaced(ctx context.Context, page []*event.Event, upTo event.ID) bool {
+	for len(page) > 0 {
+		n, size := 0, 0
+		for n < len(page) && (n == 0 || size+len(page[n].WS) <= replayChunk) {
+			size += len(page[n].WS)
+			n++
+		}
+		if !c.waitDrain(ctx) {
+			return false
+		}
+		chunkEnd := page[n-1].ID
+		if n == len(page) {
+			chunkEnd = upTo
+		}
+		if !c.writeReplay(page[:n], chunkEnd) {
+			return false
+		}
+		page = page[n:]
+	}
+	return c.writeReplay(nil, upTo)
+}
+
+// waitDrain waits until the client's queue is at most half its budget. A
+// client that drains nothing for replayStall is a slow consumer (4208).
+func (c *Client) waitDrain(ctx context.Context) bool {
+	deadline := time.Now().Add(replayStall)
+	for {
+		queued, budget := c.sink.Backlog()
+		if queued <= budget/2 {
+			return true
+		}
+		c.mu.Lock()
+		closed := c.closed
+		c.mu.Unlock()
+		if closed || ctx.Err() != nil {
+			return false
+		}
+		if time.Now().After(deadline) {
+			c.slow()
+			return false
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // gapAfter reports whether events after `after` may have been lost: they
@@ -245,7 +300,10 @@ func gapAfter(after event.ID, b store.Bounds, firstPage []*event.Event) (bool, s
 	if len(firstPage) > 0 {
 		oldest = firstPage[0].ID.String()
 	}
-	return after.Less(b.Pruned) || b.Last.Less(after), oldest
+	// Past the last id only counts when the log returned nothing after it:
+	// Bounds may lag a commit that Read already sees.
+	reset := b.Last.Less(after) && len(firstPage) == 0
+	return after.Less(b.Pruned) || reset, oldest
 }
 
 // Shutdown closes every client with 1001 (WebSocket) or a randomized

@@ -20,6 +20,7 @@ func (s *countSink) WriteEvents(evs []*event.Event) error {
 }
 func (s *countSink) WriteControl(string, []byte) error { return nil }
 func (s *countSink) Ping() error                       { return nil }
+func (s *countSink) Backlog() (int64, int64)           { return 0, 1 << 20 }
 func (s *countSink) Close(protocol.Disconnect)         {}
 
 // benchShard builds one shard with n clients, a share of them on a job and

@@ -40,6 +40,8 @@ func (s *recordSink) WriteControl(name string, msg []byte) error {
 
 func (s *recordSink) Ping() error { return nil }
 
+func (s *recordSink) Backlog() (int64, int64) { return 0, 1 << 20 }
+
 func (s *recordSink) Close(d protocol.Disconnect) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -165,10 +167,14 @@ func TestRoutingThroughIndexes(t *testing.T) {
 	f.publish(t, "CODE_CHANGE", "", "j1")      // alice, jobOnly
 	f.publish(t, "CODE_CHANGE", "alice", "j2") // nobody: alice is not on j2
 	f.publish(t, "CODE_CHANGE", "", "")        // everyone
+	// Delivery is asynchronous: let these arrive before the subscriptions
+	// change.
+	waitFor(t, "first deliveries", func() bool { return len(aliceSink.ids()) == 3 && len(bob.ids()) == 1 })
 	if err := alice.Subscribe("j2"); err != nil {
 		t.Fatal(err)
 	}
 	f.publish(t, "CODE_CHANGE", "alice", "j2") // alice
+	waitFor(t, "the j2 event", func() bool { return len(aliceSink.ids()) == 4 })
 	alice.Unsubscribe("j1")
 	f.publish(t, "CODE_CHANGE", "", "j1") // jobOnly
 

@@ -133,8 +133,12 @@ func (s *shard) run(ctx context.Context) {
 	}
 }
 
-// maxCoalesce bounds how many queued events one delivery round takes.
-const maxCoalesce = 512
+// maxCoalesce and maxCoalesceBytes bound what one delivery round takes
+// from the queue.
+const (
+	maxCoalesce      = 512
+	maxCoalesceBytes = 256 << 10
+)
 
 // coalesce appends to evs the batches already waiting in the queue, so that
 // a shard that fell behind writes each client everything it is due in one
@@ -145,10 +149,17 @@ func (s *shard) coalesce(evs []*event.Event) []*event.Event {
 		return evs
 	}
 	s.merged = append(s.merged[:0], evs...)
-	for len(s.merged) < maxCoalesce {
+	size := 0
+	for _, e := range evs {
+		size += len(e.WS)
+	}
+	for len(s.merged) < maxCoalesce && size < maxCoalesceBytes {
 		select {
 		case more := <-s.queue:
 			s.merged = append(s.merged, more...)
+			for _, e := range more {
+				size += len(e.WS)
+			}
 			continue
 		default:
 		}

@@ -19,6 +19,9 @@ type Sink interface {
 	WriteControl(name string, msg []byte) error
 	// Ping writes a WebSocket ping or an SSE keepalive comment.
 	Ping() error
+	// Backlog reports the bytes queued for the connection and its budget;
+	// a replay waits for the queue to drain before writing more.
+	Backlog() (queued, budget int64)
 	// Close ends the connection for reason d: a close frame with d's code for
 	// WebSocket; for SSE, a last frame when the reason calls for one. It is
 	// idempotent.

@@ -36,6 +36,7 @@ import (
 	"github.com/knowledgehub/realtime/internal/store"
 	"github.com/knowledgehub/realtime/internal/store/disk"
 	redislog "github.com/knowledgehub/realtime/internal/store/redis"
+	"github.com/knowledgehub/realtime/internal/transport"
 	"github.com/knowledgehub/realtime/internal/transport/sse"
 	"github.com/knowledgehub/realtime/internal/transport/ws"
 )
@@ -173,7 +174,9 @@ func New(cfg *config.Config, logger *slog.Logger) (*Server, error) {
 		Listen:                  s.listen,
 		MaxLoad:                 cfg.MaxConnections + 1024,
 		ReleaseWebsocketPayload: true,
-		MaxWriteBufferSize:      2*cfg.MaxQueueBytes + 64<<10,
+		// A backstop above our own limit (transport.HardLimitFactor x the
+		// budget), which closes slow consumers with 4208 first.
+		MaxWriteBufferSize: (transport.HardLimitFactor+1)*cfg.MaxQueueBytes + transport.ChunkBytes,
 		// Our handler answers 413 for bodies over max_body_bytes; the engine
 		// cuts off (closes) only those over twice that.
 		MaxHTTPBodySize: 2*cfg.MaxBodyBytes + 64<<10,

@@ -25,11 +25,23 @@ import (
 // block; StartAsync gives the connection a queue and a goroutine that
 // drains it, and the budget bounds that queue.
 type Writer struct {
-	Conn   net.Conn
-	budget int64
-	queued atomic.Int64
-	async  *asyncQueue
+	Conn      net.Conn
+	budget    int64
+	queued    atomic.Int64
+	overSince atomic.Int64 // Unix ns since when the queue has been over budget; 0 when under
+	async     *asyncQueue
 }
+
+// The queue may exceed its budget for a moment: a burst (a large batch, a
+// backlog written at once) is absorbed as long as the peer drains it. A
+// connection is a slow consumer when its queue stays over the budget for
+// OverBudgetGrace, or would grow past HardLimitFactor times the budget.
+const (
+	OverBudgetGrace = 2 * time.Second
+	HardLimitFactor = 4
+	// ChunkBytes bounds one write of several frames.
+	ChunkBytes = 256 << 10
+)
 
 // NewWriter returns a writer on conn allowing budget queued bytes.
 func NewWriter(conn net.Conn, budget int) Writer {
@@ -43,6 +55,9 @@ func (w *Writer) Async() bool { return w.async != nil }
 // Written is called by the engine with the bytes it wrote to the socket.
 func (w *Writer) Written(n int) { w.queued.Add(int64(-n)) }
 
+// Backlog returns the bytes queued and the budget.
+func (w *Writer) Backlog() (queued, budget int64) { return w.Queued(), w.budget }
+
 // Queued returns the bytes handed over and not yet written.
 func (w *Writer) Queued() int64 {
 	if w.async != nil {
@@ -53,16 +68,17 @@ func (w *Writer) Queued() int64 {
 	return w.queued.Load()
 }
 
-// Write queues b, or returns hub.ErrSlow when that would exceed the budget.
+// Write queues b, or returns hub.ErrSlow for a slow consumer (see
+// OverBudgetGrace).
 func (w *Writer) Write(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
-	if w.async != nil {
-		return w.async.push(b, w.budget)
+	if err := w.admit(w.Queued(), len(b)); err != nil {
+		return err
 	}
-	if w.queued.Load()+int64(len(b)) > w.budget {
-		return hub.ErrSlow
+	if w.async != nil {
+		return w.async.push(b)
 	}
 	w.queued.Add(int64(len(b)))
 	if _, err := w.Conn.Write(b); err != nil {
@@ -71,20 +87,51 @@ func (w *Writer) Write(b []byte) error {
 	return nil
 }
 
+// admit decides whether n more bytes may be queued on top of queued.
+func (w *Writer) admit(queued int64, n int) error {
+	if queued+int64(n) > HardLimitFactor*w.budget {
+		return hub.ErrSlow
+	}
+	if queued <= w.budget {
+		w.overSince.Store(0)
+		return nil
+	}
+	now := time.Now().UnixNano()
+	since := w.overSince.Load()
+	if since == 0 {
+		w.overSince.CompareAndSwap(0, now)
+		return nil
+	}
+	if now-since > int64(OverBudgetGrace) {
+		return hub.ErrSlow
+	}
+	return nil
+}
+
 var scratch = sync.Pool{New: func() any { b := make([]byte, 0, 16<<10); return &b }}
 
 // WriteFrames writes the frame of each event that frame selects, in order,
-// as a single write.
+// coalesced into writes of up to ChunkBytes.
 func (w *Writer) WriteFrames(evs []*event.Event, frame func(*event.Event) []byte) error {
 	if len(evs) == 1 {
 		return w.Write(frame(evs[0]))
 	}
 	bp := scratch.Get().(*[]byte)
 	b := (*bp)[:0]
+	var err error
 	for _, e := range evs {
-		b = append(b, frame(e)...)
+		f := frame(e)
+		if len(b) > 0 && len(b)+len(f) > ChunkBytes {
+			if err = w.Write(b); err != nil {
+				break
+			}
+			b = b[:0]
+		}
+		b = append(b, f...)
 	}
-	err := w.Write(b)
+	if err == nil {
+		err = w.Write(b)
+	}
 	if cap(b) <= 1<<20 {
 		*bp = b[:0]
 		scratch.Put(bp)
@@ -120,15 +167,11 @@ func (w *Writer) StartAsync(gone func()) {
 	go q.run(w.Conn, gone)
 }
 
-func (q *asyncQueue) push(b []byte, budget int64) error {
+func (q *asyncQueue) push(b []byte) error {
 	q.mu.Lock()
 	if q.closing {
 		q.mu.Unlock()
 		return net.ErrClosed
-	}
-	if int64(len(q.buf)+len(b)) > budget {
-		q.mu.Unlock()
-		return hub.ErrSlow
 	}
 	q.buf = append(q.buf, b...)
 	q.mu.Unlock()
@@ -179,9 +222,17 @@ func (w *Writer) CloseWhenFlushed() {
 		}
 		return
 	}
-	if w.Queued() <= 0 {
+	w.closeWhenDrained(time.Now().Add(CloseGrace))
+}
+
+// CloseGrace is how long a closing connection may take to drain its queue
+// (so that a slow consumer still reads its close frame) before it is cut.
+const CloseGrace = 10 * time.Second
+
+func (w *Writer) closeWhenDrained(deadline time.Time) {
+	if w.Queued() <= 0 || time.Now().After(deadline) {
 		_ = w.Conn.Close()
 		return
 	}
-	time.AfterFunc(3*time.Second, func() { _ = w.Conn.Close() })
+	time.AfterFunc(100*time.Millisecond, func() { w.closeWhenDrained(deadline) })
 }

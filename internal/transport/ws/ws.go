@@ -206,6 +206,10 @@ var errSilent = errors.New("websocket: peer silent for 2.5 ping intervals")
 
 var pingFrame = []byte{0x89, 0x00}
 
+// closeWait is how long a server-initiated close waits for the client's
+// answering close frame.
+const closeWait = 3 * time.Second
+
 func (s *sink) WriteEvents(evs []*event.Event) error {
 	return s.WriteFrames(evs, transport.WSFrame)
 }
@@ -239,10 +243,12 @@ func (s *sink) Close(d protocol.Disconnect) {
 		_ = s.conn.Close()
 		return
 	}
-	_ = s.conn.WriteClose(d.Code, d.Reason)
-	// The client answers the close frame and nbio closes the socket; a
-	// client that does not is cut off after a grace period.
-	time.AfterFunc(3*time.Second, func() { _ = s.conn.Close() })
+	_ = s.Write(closeFrame(d))
+	// The client answers the close frame and the engine closes the socket.
+	// Closing at once would reset a client still sending, before it read
+	// the frame; one that does not answer is cut off after a moment, once
+	// its queue drained (or CloseGrace passed).
+	time.AfterFunc(closeWait, s.CloseWhenFlushed)
 }
 
 // closeFrame is a WebSocket close frame with d's code and reason.
