@@ -3,6 +3,7 @@
 # machine: scripts/benchmarks.sh idle|cfidle|fanout|cffanout|publish|handshake|resume.
 # Loopback only; every run is bounded by its --duration/--n.
 KH=${KH:-/tmp/kh}   # go build -o /tmp/kh ./cmd/knowledgehub
+mkdir -p /tmp/bm
 FLAGS="--connect-rate-per-ip 0 --connect-rate-per-user 0 --max-connections-per-ip 0 --max-connections-per-user 0 --log-level warn"
 start_kh() { pkill -f "kh serve" ; sleep 0.5; rm -rf /tmp/bm/data; $KH serve --addr 127.0.0.1:3000 --data-dir /tmp/bm/data $FLAGS "$@" > /tmp/bm/serve.log 2>&1 & sleep 1.5; }
 start_cf() { pkill -f centrifugo; sleep 0.5; /tmp/centrifugo-bin/centrifugo -c "$(dirname "$0")"/centrifugo.json > /tmp/bm/cf.log 2>&1 & sleep 1.5; }
