@@ -248,7 +248,7 @@ func TestDurabilityRestartResume(t *testing.T) {
 	browser.WaitFor(10*time.Second, "browser EventSource reconnecting", page("sse", "status", func(s Report) bool { return s.Str("state") == "reconnecting" }))
 	time.Sleep(time.Second)
 
-	srv = durStartServe(t, bin, base, args...)
+	_ = durStartServe(t, bin, base, args...) // stopped by the test's cleanup
 	// Published before the clients are back: they get these by replay.
 	publish("after restart", 10)
 	// Wait for every client to be connected again, then publish live.

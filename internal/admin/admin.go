@@ -70,9 +70,8 @@ type Bus interface {
 // refresh. It is safe for concurrent use.
 type Revocations struct {
 	mu     sync.RWMutex
-	jti    map[string]time.Time       // jti -> until
-	before map[string]revokedBefore   // user -> tokens issued before this are revoked
-	users  map[string]map[string]bool // user -> revoked jtis, to find live connections
+	jti    map[string]time.Time     // jti -> until
+	before map[string]revokedBefore // user -> tokens issued before this are revoked
 	now    func() time.Time
 }
 

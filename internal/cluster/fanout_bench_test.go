@@ -150,7 +150,6 @@ func newDiskNode(t *testing.T, extra ...string) *cluster {
 type benchSub struct {
 	conn     *websocket.Conn
 	seen     []uint64
-	uniq     int64
 	dups     int64
 	order    int64
 	lastID   eventID

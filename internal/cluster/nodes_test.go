@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -478,9 +477,6 @@ func history(t *testing.T, nd *node, query string) []wireEvent {
 	}
 	return out
 }
-
-// errStop ends background loops.
-var errStop = errors.New("stopped")
 
 // ctxSleep waits d or until ctx ends.
 func ctxSleep(ctx context.Context, d time.Duration) bool {
