@@ -505,3 +505,35 @@ func expiredToken(t *testing.T, user string) string {
 	}
 	return tok
 }
+
+// TestWebSocketSilentPeerClosed: the server pings, and closes a connection
+// whose peer stops answering (no pong for 2.5 ping intervals).
+func TestWebSocketSilentPeerClosed(t *testing.T) {
+	n := servertest.Start(t, "--ping-interval", "1s")
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+	silent, _, err := d.Dial(n.WSURL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	var welcome map[string]any
+	if err := silent.ReadJSON(&welcome); err != nil {
+		t.Fatal(err)
+	}
+	// An answering peer on the same server stays: gorilla answers pings
+	// while it reads.
+	alive := mustDialWS(t, n, "")
+	alive.welcome()
+	// The silent peer reads nothing more, so it never answers a ping.
+	deadline := time.Now().Add(10 * time.Second)
+	for n.Server.Hub().Count() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections after 10 s, want the silent one closed", n.Server.Hub().Count())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	alive.send(map[string]any{"type": "ping"})
+	if m := alive.read(5 * time.Second); m["type"] != "pong" {
+		t.Fatalf("the answering peer got %v", m)
+	}
+}
