@@ -23,6 +23,9 @@ type History struct {
 	Verify   func(token string) (auth.Claims, *auth.Error)
 	MaxLimit int
 	CORS     func(w http.ResponseWriter, r *http.Request)
+	Observer interface {
+		ObserveStore(op string, d time.Duration)
+	}
 }
 
 // ServeHTTP implements SPEC §5.
@@ -70,7 +73,11 @@ func (h *History) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	deadline := time.Now().Add(5 * time.Second)
 	// Read pages until limit matching events are found or the log ends.
 	for n < limit && time.Now().Before(deadline) {
+		start := time.Now()
 		evs, err := h.Log.Read(r.Context(), after, 500)
+		if h.Observer != nil {
+			h.Observer.ObserveStore("read", time.Since(start))
+		}
 		if err != nil {
 			status := http.StatusInternalServerError
 			if errors.Is(err, store.ErrUnavailable) {

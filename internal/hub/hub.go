@@ -195,7 +195,9 @@ func (h *Hub) replay(ctx context.Context, c *Client, after event.ID) error {
 	first := true
 	var page []*event.Event
 	for {
+		start := time.Now()
 		evs, err := h.log.Read(ctx, after, h.cfg.ReplayPage)
+		h.obs.ObserveStore("read", time.Since(start))
 		if err != nil {
 			return fmt.Errorf("replay after %s: %w", after, err)
 		}

@@ -40,6 +40,7 @@ type Observer interface {
 	Disconnect(transport string, code int)
 	ConnOpened(transport string, authenticated bool)
 	ConnClosed(transport string, authenticated bool)
+	ObserveStore(op string, d time.Duration)
 }
 
 type nopObserver struct{}
@@ -49,4 +50,5 @@ func (nopObserver) ObserveDeliveryLatency(time.Duration) {}
 func (nopObserver) SlowConsumer(string)                  {}
 func (nopObserver) Disconnect(string, int)               {}
 func (nopObserver) ConnOpened(string, bool)              {}
+func (nopObserver) ObserveStore(string, time.Duration)   {}
 func (nopObserver) ConnClosed(string, bool)              {}

@@ -440,3 +440,29 @@ func TestMetricsWithTraffic(t *testing.T) {
 	sort.Strings(names)
 	t.Logf("knowledgehub metrics: %s", strings.Join(names, " "))
 }
+
+// TestMetricsStoreLatency: appends (publishes) and reads (history, resume)
+// are timed by operation.
+func TestMetricsStoreLatency(t *testing.T) {
+	n := servertest.Start(t)
+	before := scrapeMetrics(t, n)
+	first := n.MustPublish(t, map[string]any{"type": "CODE_CHANGE", "data": 1})
+	n.MustPublish(t, map[string]any{"type": "CODE_CHANGE", "data": 2})
+	resp, err := http.Get(n.URL + "/api/realtime/events?after=0-0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	c := mustDialWS(t, n, "last_event_id="+first)
+	c.welcome()
+	c.events(1)
+	after := scrapeMetrics(t, n)
+	appends := after.get("knowledgehub_store_latency_seconds_count", "op", "append") - before.get("knowledgehub_store_latency_seconds_count", "op", "append")
+	reads := after.get("knowledgehub_store_latency_seconds_count", "op", "read") - before.get("knowledgehub_store_latency_seconds_count", "op", "read")
+	if appends != 2 {
+		t.Errorf("store appends timed %v times, want 2", appends)
+	}
+	if reads < 2 {
+		t.Errorf("store reads timed %v times, want at least 2 (history and replay)", reads)
+	}
+}

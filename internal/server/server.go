@@ -275,7 +275,7 @@ func (s *Server) routes() http.Handler {
 		Limits:       event.Limits{MaxDataBytes: cfg.MaxEventBytes, MaxBatch: cfg.MaxBatch},
 		MaxBodyBytes: cfg.MaxBodyBytes, Observer: s.metrics, Logger: s.logger,
 	}
-	history := &api.History{Log: s.log, Types: s.types, Verify: s.checker.Verify, MaxLimit: 1000, CORS: sseHandler.CORS}
+	history := &api.History{Log: s.log, Types: s.types, Verify: s.checker.Verify, MaxLimit: 1000, CORS: sseHandler.CORS, Observer: s.metrics}
 
 	mux.Handle("/ws/notifications", wsHandler)
 	mux.Handle("/api/realtime/stream", sseHandler)
