@@ -69,7 +69,12 @@ func StartConfig(t testing.TB, cfg *config.Config) *Node {
 	if os.Getenv("KNOWLEDGEHUB_TEST_LOG") != "" {
 		level = slog.LevelDebug
 	}
-	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return StartLogged(t, cfg, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})))
+}
+
+// StartLogged runs a node with cfg that logs to logger.
+func StartLogged(t testing.TB, cfg *config.Config, logger *slog.Logger) *Node {
+	t.Helper()
 	srv, err := server.New(cfg, logger)
 	if err != nil {
 		t.Fatalf("servertest: new server: %v", err)
