@@ -104,6 +104,7 @@ func (c *Client) deliver(evs []*event.Event) []*event.Event {
 	for len(evs) > 0 && !c.last.Less(evs[0].ID) {
 		evs = evs[1:]
 	}
+	evs = c.current(evs)
 	if len(evs) == 0 {
 		c.mu.Unlock()
 		return nil
@@ -158,7 +159,7 @@ func (c *Client) finishReplay() {
 	for i < len(held) && !c.last.Less(held[i].ID) {
 		i++
 	}
-	held = held[i:]
+	held = c.current(held[i:])
 	var err error
 	if len(held) > 0 {
 		err = c.sink.WriteEvents(held)
@@ -218,9 +219,16 @@ func (c *Client) ping() {
 // ErrTooManyJobs is returned by Subscribe beyond the per-connection cap.
 var ErrTooManyJobs = errors.New("too many job subscriptions")
 
+// The job set of a subscription changes under both Client.mu and
+// shard.mu: the shard worker matches under shard.mu, and writes check the
+// set again under Client.mu (current), so that after "unsubscribed" no
+// event of that job reaches the client, even one matched just before.
+
 // Subscribe adds a job subscription; events of that job published from now
 // on are delivered.
 func (c *Client) Subscribe(job string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	s := c.shard
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -240,16 +248,41 @@ func (c *Client) Subscribe(job string) error {
 	return nil
 }
 
-// Unsubscribe removes a job subscription.
-func (c *Client) Unsubscribe(job string) {
+// Unsubscribe removes a job subscription and then writes ack, when not
+// nil: no event of the job is written after it.
+func (c *Client) Unsubscribe(job string, ack []byte) {
+	c.mu.Lock()
 	s := c.shard
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if _, ok := c.sub.Jobs[job]; !ok {
-		return
+	if _, ok := c.sub.Jobs[job]; ok {
+		delete(c.sub.Jobs, job)
+		removeIndex(s.byJob, job, c)
 	}
-	delete(c.sub.Jobs, job)
-	removeIndex(s.byJob, job, c)
+	s.mu.Unlock()
+	var err error
+	if ack != nil && !c.closed {
+		err = c.sink.WriteControl("unsubscribed", ack)
+	}
+	c.mu.Unlock()
+	if err != nil {
+		c.writeFailed(err)
+	}
+}
+
+// current drops, in place, the events of jobs the client left since they
+// were matched; c.mu is held.
+func (c *Client) current(evs []*event.Event) []*event.Event {
+	n := 0
+	for _, e := range evs {
+		if e.JobID != "" {
+			if _, ok := c.sub.Jobs[e.JobID]; !ok {
+				continue
+			}
+		}
+		evs[n] = e
+		n++
+	}
+	return evs[:n]
 }
 
 // ErrOtherUser is returned by Refresh for a token of another user.

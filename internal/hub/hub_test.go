@@ -175,7 +175,7 @@ func TestRoutingThroughIndexes(t *testing.T) {
 	}
 	f.publish(t, "CODE_CHANGE", "alice", "j2") // alice
 	waitFor(t, "the j2 event", func() bool { return len(aliceSink.ids()) == 4 })
-	alice.Unsubscribe("j1")
+	alice.Unsubscribe("j1", nil)
 	f.publish(t, "CODE_CHANGE", "", "j1") // jobOnly
 
 	waitFor(t, "deliveries", func() bool { return len(aliceSink.ids()) == 4 && len(jobOnly.ids()) == 3 })

@@ -90,8 +90,13 @@ func (c *propConn) judge(e propEvent) (allowed, required bool) {
 	if !subscribed {
 		return false, false
 	}
-	if !js.unsubConf.IsZero() && !e.start.Before(js.unsubConf) {
-		return false, false // published after the unsubscribe was confirmed
+	// Published after an unsubscribe was confirmed, and no subscribe came
+	// after that unsubscribe: forbidden. (A re-subscribe makes the events
+	// of the window between them allowed, not required: matching is at
+	// delivery time.)
+	resubscribed := !js.subSent.IsZero() && js.subSent.After(js.unsubSent)
+	if !js.unsubConf.IsZero() && !resubscribed && !e.start.Before(js.unsubConf) {
+		return false, false
 	}
 	required = (js.fromStart || !js.subConf.IsZero() && !e.start.Before(js.subConf)) && js.unsubSent.IsZero()
 	return true, required

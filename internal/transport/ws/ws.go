@@ -170,8 +170,7 @@ func (h *Handler) onMessage(conn *websocket.Conn, typ websocket.MessageType, dat
 		}
 		c.Send("subscribed", protocol.JobMessage("subscribed", msg.JobID))
 	case "unsubscribe":
-		c.Unsubscribe(msg.JobID)
-		c.Send("unsubscribed", protocol.JobMessage("unsubscribed", msg.JobID))
+		c.Unsubscribe(msg.JobID, protocol.JobMessage("unsubscribed", msg.JobID))
 	case "refresh":
 		claims, aerr := h.checker.Verify(msg.Token)
 		if aerr != nil {
