@@ -334,6 +334,11 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 	_, _ = w.Write([]byte(`{"status":"ready"}` + "\n"))
 }
 
+// Drain makes the node refuse what starts from now on, as the first step of
+// a shutdown: handshakes and publishes get 503 with Retry-After, /readyz
+// turns 503 so a load balancer stops sending, while open connections go on.
+func (s *Server) Drain() { s.checker.Drain() }
+
 // Run serves until ctx is done, then shuts down gracefully: new handshakes
 // and publishes get 503, WebSockets are closed with 1001, SSE streams end
 // with a randomized retry, and the log is flushed and closed.
@@ -397,7 +402,7 @@ func (s *Server) Run(ctx context.Context) error {
 		hubDone <- err
 	}
 	s.logger.Info("shutting down")
-	s.checker.Drain()
+	s.Drain()
 	s.hub.Shutdown()
 	deadline := time.Now().Add(s.cfg.ShutdownTimeout)
 	for s.hub.Count() > 0 && time.Now().Before(deadline) {

@@ -288,3 +288,40 @@ func TestSSEKeepaliveExpiryAndShutdown(t *testing.T) {
 		t.Fatal("stream continued after the shutdown retry")
 	}
 }
+
+// TestDraining: once a node drains (the first step of SIGTERM), new
+// streams, WebSockets and publishes get 503 with Retry-After and the JSON
+// error body, /readyz turns 503, and open connections go on.
+func TestDraining(t *testing.T) {
+	n := servertest.Start(t)
+	open := mustDialWS(t, n, "")
+	open.welcome()
+	n.Server.Drain()
+
+	_, resp := openSSE(t, n, "", nil)
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("SSE while draining: %d, Retry-After %q", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	var body map[string]string
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || body["error"] != "shutting_down" {
+		t.Fatalf("SSE body %v %v", body, err)
+	}
+	if _, resp, err := dialWS(t, n, "", nil); err == nil || resp == nil || resp.StatusCode != 503 {
+		t.Fatalf("WebSocket while draining: %v %v", resp, err)
+	}
+	if status, out := n.Publish(t, map[string]any{"type": "CODE_CHANGE", "data": 1}); status != 503 {
+		t.Fatalf("publish while draining: %d %v", status, out)
+	}
+	r, err := http.Get(n.URL + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Body.Close()
+	if r.StatusCode != 503 {
+		t.Fatalf("/readyz while draining: %d", r.StatusCode)
+	}
+	open.send(map[string]any{"type": "ping"})
+	if m := open.read(5 * time.Second); m["type"] != "pong" {
+		t.Fatalf("an open connection stopped working: %v", m)
+	}
+}
