@@ -45,6 +45,9 @@ func ParseParams(r *http.Request, types *event.Types, maxJobs int, lastEventIDHe
 	}
 	for name, values := range q {
 		if len(values) > 1 {
+			if name == "" {
+				return p, &ParamError{"query", "a parameter without a name is given more than once"}
+			}
 			return p, &ParamError{name, "given more than once"}
 		}
 	}
