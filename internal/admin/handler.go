@@ -38,7 +38,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		protocol.WriteError(w, http.StatusMethodNotAllowed, "method_not_allowed", "use POST", 0)
 		return
 	}
-	key, ok := api.Bearer(r)
+	key, ok := protocol.Bearer(r)
 	if !ok || len(h.Keys) == 0 || !h.Keys.Match(key) {
 		protocol.WriteError(w, http.StatusUnauthorized, "unauthorized", "the admin API needs Authorization: Bearer <admin key> (setting admin_keys)", 0)
 		return

@@ -12,7 +12,6 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/knowledgehub/realtime/internal/event"
@@ -59,19 +58,10 @@ func (k Keys) Match(key string) bool {
 	return ok == 1
 }
 
-// Bearer returns the bearer token of r's Authorization header.
-func Bearer(r *http.Request) (string, bool) {
-	a := r.Header.Get("Authorization")
-	if len(a) > 7 && strings.EqualFold(a[:7], "Bearer ") {
-		return strings.TrimSpace(a[7:]), true
-	}
-	return "", false
-}
-
 // ServeHTTP accepts one event or an all-or-nothing batch, answering 201 once
 // the events are durable in the log.
 func (p *Publisher) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	key, ok := Bearer(r)
+	key, ok := protocol.Bearer(r)
 	if !ok || !p.Keys.Match(key) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="knowledgehub publish"`)
 		protocol.WriteError(w, http.StatusUnauthorized, "unauthorized", "publishing needs Authorization: Bearer <publish key> (setting publish_keys)", 0)

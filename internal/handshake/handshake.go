@@ -6,12 +6,10 @@
 package handshake
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -79,7 +77,10 @@ func (c *Checker) Check(w http.ResponseWriter, r *http.Request, transport string
 
 	// Verify early, only to learn the user for the per-user limits; a bad
 	// token is reported at its own step below.
-	token := rawToken(r)
+	token, ok := protocol.Bearer(r)
+	if !ok {
+		token = r.URL.Query().Get("token")
+	}
 	var tokenErr *auth.Error
 	if token != "" {
 		claims, err := c.verify(token)
@@ -115,15 +116,8 @@ func (c *Checker) Check(w http.ResponseWriter, r *http.Request, transport string
 	}
 	req.Params = params
 	if params.Resume {
-		ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
-		err := c.Hub.CheckResume(ctx, params.ResumeID)
-		cancel()
-		switch {
-		case errors.Is(err, hub.ErrUnknownID):
+		if err := c.Hub.CheckResume(params.ResumeID); err != nil {
 			c.reject(w, "parameter", http.StatusBadRequest, "invalid_parameter", fmt.Sprintf("%s: %q %v", params.ResumeParam, params.ResumeRaw, err), 0)
-			return fail()
-		case err != nil:
-			c.reject(w, "store", http.StatusServiceUnavailable, "unavailable", "event log unavailable; retry shortly", 2*time.Second)
 			return fail()
 		}
 	}
@@ -170,15 +164,6 @@ func (c *Checker) reject(w http.ResponseWriter, reason string, status int, code,
 		c.Observer.HandshakeRejected(reason)
 	}
 	protocol.WriteError(w, status, code, message, retryAfter)
-}
-
-// rawToken returns the token of the query or the Authorization header,
-// without validating the parameters (ParseParams does).
-func rawToken(r *http.Request) string {
-	if a := r.Header.Get("Authorization"); len(a) > 7 && strings.EqualFold(a[:7], "Bearer ") {
-		return strings.TrimSpace(a[7:])
-	}
-	return r.URL.Query().Get("token")
 }
 
 func clip(s string) string {

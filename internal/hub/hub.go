@@ -140,7 +140,7 @@ const futureSlack = time.Minute
 // not in the future belongs to a history this log no longer has (a restarted
 // memory store, a replaced Redis); the client is let in and told about the
 // gap, since a browser's EventSource gives up for good on a 400.
-func (h *Hub) CheckResume(ctx context.Context, id event.ID) error {
+func (h *Hub) CheckResume(id event.ID) error {
 	if id.Ms > uint64(time.Now().Add(futureSlack).UnixMilli()) {
 		return ErrUnknownID
 	}

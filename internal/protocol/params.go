@@ -53,15 +53,15 @@ func ParseParams(r *http.Request, types *event.Types, maxJobs int, lastEventIDHe
 	}
 
 	p.Token = q.Get("token")
-	if authz := r.Header.Get("Authorization"); authz != "" {
-		scheme, tok, ok := strings.Cut(authz, " ")
-		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+	if r.Header.Get("Authorization") != "" {
+		tok, ok := Bearer(r)
+		if !ok {
 			return p, &ParamError{"Authorization", "want \"Bearer <token>\""}
 		}
 		if _, inQuery := q["token"]; inQuery {
 			return p, &ParamError{"token", "given both as ?token= and in the Authorization header"}
 		}
-		p.Token = strings.TrimSpace(tok)
+		p.Token = tok
 	}
 	if len(p.Token) > MaxTokenBytes {
 		return p, &ParamError{"token", fmt.Sprintf("longer than %d bytes", MaxTokenBytes)}
@@ -119,6 +119,17 @@ func ParseParams(r *http.Request, types *event.Types, maxJobs int, lastEventIDHe
 		p.Resume, p.ResumeID, p.ResumeRaw, p.ResumeParam = true, id, raw, param
 	}
 	return p, nil
+}
+
+// Bearer returns the token of an "Authorization: Bearer <token>" header;
+// ok is false when there is none or the header has another form. It is the
+// one reader of that header, for streams, publishing and the admin API.
+func Bearer(r *http.Request) (token string, ok bool) {
+	a := r.Header.Get("Authorization")
+	if len(a) > 7 && strings.EqualFold(a[:7], "Bearer ") {
+		token = strings.TrimSpace(a[7:])
+	}
+	return token, token != ""
 }
 
 func clip(s string) string {
