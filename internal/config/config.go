@@ -55,6 +55,7 @@ type Config struct {
 	SSERetry          time.Duration
 	ShutdownTimeout   time.Duration
 	PprofAddr         string
+	SendBatching      string
 	LogFormat         string
 	LogLevel          string
 	ConfigFile        string
@@ -147,6 +148,7 @@ var settings = []setting{
 	{"sse_retry", "3s", "the retry: the SSE stream advises browsers", duration(func(c *Config) *time.Duration { return &c.SSERetry })},
 	{"shutdown_timeout", "10s", "how long a graceful shutdown may take", duration(func(c *Config) *time.Duration { return &c.ShutdownTimeout })},
 	{"pprof_addr", "", "serve Go's /debug/pprof profiles on this address (e.g. 127.0.0.1:6060); off when empty", str(func(c *Config) *string { return &c.PprofAddr })},
+	{"send_batching", "auto", "auto: send each fan-out round's writes with one io_uring submission where the kernel allows it; off: one write(2) per delivery", str(func(c *Config) *string { return &c.SendBatching })},
 	{"log_format", "text", "text or json", str(func(c *Config) *string { return &c.LogFormat })},
 	{"log_level", "info", "debug, info, warn or error", str(func(c *Config) *string { return &c.LogLevel })},
 }
@@ -281,6 +283,11 @@ func (c *Config) validate() error {
 	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return errors.New("settings tls_cert_file and tls_key_file: set both or neither")
+	}
+	switch c.SendBatching {
+	case "auto", "off":
+	default:
+		return fmt.Errorf("setting send_batching: %q (want auto or off)", c.SendBatching)
 	}
 	switch c.LogFormat {
 	case "text", "json":

@@ -83,8 +83,9 @@ func (c *Client) OnClose(f func()) {
 	c.mu.Unlock()
 }
 
-// deliver writes live events; it returns those written.
-func (c *Client) deliver(evs []*event.Event) []*event.Event {
+// deliver writes live events, or stages them in b when the sink can; it
+// returns those written or staged.
+func (c *Client) deliver(evs []*event.Event, b Batch) []*event.Event {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -109,7 +110,12 @@ func (c *Client) deliver(evs []*event.Event) []*event.Event {
 		c.mu.Unlock()
 		return nil
 	}
-	err := c.sink.WriteEvents(evs)
+	var err error
+	if bs, ok := c.sink.(BatchSink); ok && b != nil {
+		err = bs.StageEvents(b, evs)
+	} else {
+		err = c.sink.WriteEvents(evs)
+	}
 	if err == nil {
 		c.last = evs[len(evs)-1].ID
 	}

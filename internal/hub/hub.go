@@ -29,6 +29,10 @@ type Config struct {
 	MaxPending        int           // live events buffered for one client while it replays; default 10000
 	MaxJobs           int           // job subscriptions per connection; default 100
 	ReplayPage        int           // events read per store call during a replay; default 500
+	// NewBatch, when set, gives each fan-out worker a Batch for its live
+	// deliveries; it may return nil (batching unavailable), and then every
+	// delivery is written at once.
+	NewBatch func() Batch
 }
 
 func (c Config) withDefaults() Config {

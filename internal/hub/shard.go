@@ -26,6 +26,7 @@ type shard struct {
 
 	touched []*Client      // worker only: clients with events in the current batch
 	merged  []*event.Event // worker only: batches coalesced for one round
+	batch   Batch          // worker only: the round's staged writes; nil without batching
 }
 
 func newShard(h *Hub) *shard {
@@ -111,6 +112,12 @@ func (s *shard) snapshot() []*Client {
 }
 
 func (s *shard) run(ctx context.Context) {
+	if s.hub.cfg.NewBatch != nil {
+		if b := s.hub.cfg.NewBatch(); b != nil {
+			s.batch = b
+			defer b.Close()
+		}
+	}
 	ping := time.NewTicker(s.hub.cfg.PingInterval)
 	defer ping.Stop()
 	keepalive := time.NewTicker(s.hub.cfg.KeepaliveInterval)
@@ -193,12 +200,15 @@ func (s *shard) deliver(evs []*event.Event) {
 	obs := s.hub.obs
 	now := time.Now()
 	for _, c := range s.touched {
-		for _, e := range c.deliver(c.batch) {
+		for _, e := range c.deliver(c.batch, s.batch) {
 			obs.Delivered(e.TypeIndex, 1)
 			obs.ObserveDeliveryLatency(now.Sub(e.Time))
 		}
 		clear(c.batch)
 		c.batch = c.batch[:0]
+	}
+	if s.batch != nil {
+		s.batch.Flush()
 	}
 	clear(s.touched)
 	s.touched = s.touched[:0]

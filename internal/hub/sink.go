@@ -28,6 +28,23 @@ type Sink interface {
 	Close(d protocol.Disconnect)
 }
 
+// Batch collects the writes of one delivery round of a fan-out worker, for
+// the transport to hand to the kernel together at Flush (see
+// transport.Batch). Each worker owns one.
+type Batch interface {
+	// Flush sends what was staged since the last Flush.
+	Flush()
+	// Close releases the batch when its worker stops.
+	Close()
+}
+
+// BatchSink is a Sink that can stage live events in the round's Batch
+// instead of writing them at once. Writes made to the connection before the
+// Flush still follow the staged events.
+type BatchSink interface {
+	StageEvents(b Batch, evs []*event.Event) error
+}
+
 // ErrSlow is returned by a Sink whose send queue is over its budget: the
 // client cannot keep up and is disconnected with 4208.
 var ErrSlow = errors.New("send queue over budget")

@@ -144,6 +144,7 @@ func New(cfg *config.Config, logger *slog.Logger) (*Server, error) {
 	s.limiter = limits.New(limitCfg)
 	s.hub = hub.New(hub.Config{
 		PingInterval: cfg.PingInterval, KeepaliveInterval: cfg.SSEKeepalive, MaxJobs: cfg.MaxSubscriptions,
+		NewBatch: sendBatches(cfg.SendBatching, logger),
 	}, s.log, s.metrics, logger)
 	s.revocations = admin.NewRevocations()
 	switch l := s.log.(type) {
@@ -220,6 +221,24 @@ func openLog(ctx context.Context, cfg *config.Config, types *event.Types, logger
 		return l, nil
 	default:
 		return nil, fmt.Errorf("setting store: unknown store %q", cfg.Store)
+	}
+}
+
+// sendBatches gives each fan-out worker a transport.Batch (io_uring) when
+// setting is auto and the kernel allows it; otherwise deliveries are
+// written one by one.
+func sendBatches(setting string, logger *slog.Logger) func() hub.Batch {
+	if setting == "off" {
+		return nil
+	}
+	var once sync.Once
+	return func() hub.Batch {
+		b, err := transport.NewBatch()
+		if err != nil {
+			once.Do(func() { logger.Info("send batching off: one write per delivery", "err", err) })
+			return nil
+		}
+		return b
 	}
 }
 

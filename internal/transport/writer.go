@@ -1,5 +1,6 @@
 // Package transport holds what the WebSocket and SSE connections share: a
-// non-blocking writer with a bounded send queue.
+// non-blocking writer with a bounded send queue, and the batch that hands a
+// delivery round's writes to the kernel together.
 package transport
 
 import (
@@ -7,6 +8,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lesismal/nbio"
+	"github.com/lesismal/nbio/nbhttp"
 
 	"github.com/knowledgehub/realtime/internal/event"
 	"github.com/knowledgehub/realtime/internal/hub"
@@ -24,12 +28,22 @@ import (
 // On a connection of Go's net/http server (TLS with crypto/tls), writes
 // block; StartAsync gives the connection a queue and a goroutine that
 // drains it, and the budget bounds that queue.
+//
+// Live events may instead be staged in a Batch (Stage), which sends the
+// writes of a whole delivery round with one system call. Every write
+// takes mu, so a write made while a staged one waits is appended to it and
+// the connection's bytes keep their order.
 type Writer struct {
 	Conn      net.Conn
+	engine    *nbio.Conn // the event loop's connection; nil for blocking connections
+	fd        int32
 	budget    int64
-	queued    atomic.Int64
+	queued    atomic.Int64 // bytes handed over (staged ones included) and not yet on the socket
 	overSince atomic.Int64 // Unix ns since when the queue has been over budget; 0 when under
 	async     *asyncQueue
+
+	mu     sync.Mutex
+	staged *staged // the write waiting in a batch; guarded by mu
 }
 
 // The queue may exceed its budget for a moment: a burst (a large batch, a
@@ -43,9 +57,20 @@ const (
 	ChunkBytes = 256 << 10
 )
 
-// NewWriter returns a writer on conn allowing budget queued bytes.
-func NewWriter(conn net.Conn, budget int) Writer {
-	return Writer{Conn: conn, budget: int64(budget)}
+// Init sets w up to write to conn, allowing budget queued bytes. engine is
+// the event loop's connection under conn, or nil when conn is not on the
+// event loop; only then can w's writes be batched.
+func (w *Writer) Init(conn net.Conn, engine *nbio.Conn, budget int) {
+	w.Conn, w.budget, w.fd = conn, int64(budget), -1
+	if engine == nil {
+		return
+	}
+	if rc, err := engine.SyscallConn(); err == nil {
+		_ = rc.Control(func(fd uintptr) { w.fd = int32(fd) })
+	}
+	if w.fd >= 0 {
+		w.engine = engine
+	}
 }
 
 // Async reports whether the writer has its own queue and goroutine
@@ -74,15 +99,53 @@ func (w *Writer) Write(b []byte) error {
 	if len(b) == 0 {
 		return nil
 	}
-	if err := w.admit(w.Queued(), len(b)); err != nil {
-		return err
-	}
 	if w.async != nil {
+		if err := w.admit(w.Queued(), len(b)); err != nil {
+			return err
+		}
 		return w.async.push(b)
 	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if err := w.admit(w.queued.Load(), len(b)); err != nil {
+		return err
+	}
 	w.queued.Add(int64(len(b)))
+	if w.staged != nil {
+		w.staged.append(b)
+		return nil
+	}
 	if _, err := w.Conn.Write(b); err != nil {
 		return err
+	}
+	return nil
+}
+
+// WriteNow writes b ahead of anything staged in a batch: for a last frame
+// before the engine closes the connection, which would drop a staged one.
+func (w *Writer) WriteNow(b []byte) error {
+	if w.async != nil || w.engine == nil {
+		return w.Write(b)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.queued.Add(int64(len(b)))
+	if _, err := w.engine.Write(b); err != nil {
+		return err
+	}
+	return nil
+}
+
+// EngineConn finds the event loop's connection behind c (a hijacked or
+// upgraded one), or nil when c is not on the event loop.
+func EngineConn(c net.Conn) *nbio.Conn {
+	switch v := c.(type) {
+	case *nbio.Conn:
+		return v
+	case *nbhttp.Conn:
+		if nc, ok := v.Conn.(*nbio.Conn); ok {
+			return nc
+		}
 	}
 	return nil
 }

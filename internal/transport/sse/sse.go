@@ -19,7 +19,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/lesismal/nbio"
-	"github.com/lesismal/nbio/nbhttp"
 
 	"github.com/knowledgehub/realtime/internal/auth"
 	"github.com/knowledgehub/realtime/internal/event"
@@ -117,8 +116,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.logger.Debug("sse hijack failed", "err", err)
 		return
 	}
-	nbc := engineConn(conn)
-	s := &stream{Writer: transport.NewWriter(conn, h.cfg.MaxQueueBytes), nbc: nbc}
+	nbc := transport.EngineConn(conn)
+	s := &stream{nbc: nbc}
+	s.Init(conn, nbc, h.cfg.MaxQueueBytes)
 	if nbc != nil {
 		// The engine's keep-alive read deadline would end the stream; the
 		// engine still reads the socket, so a closed peer is noticed at once.
@@ -170,19 +170,6 @@ func (h *Handler) head(r *http.Request) []byte {
 	return []byte(b.String())
 }
 
-// engineConn finds the engine's connection behind a hijacked one.
-func engineConn(c net.Conn) *nbio.Conn {
-	switch v := c.(type) {
-	case *nbio.Conn:
-		return v
-	case *nbhttp.Conn:
-		if nc, ok := v.Conn.(*nbio.Conn); ok {
-			return nc
-		}
-	}
-	return nil
-}
-
 func controlFrame(name string, msg []byte) []byte {
 	b := make([]byte, 0, len(name)+len(msg)+16)
 	b = append(b, "event: "...)
@@ -208,6 +195,11 @@ type stream struct {
 
 func (s *stream) WriteEvents(evs []*event.Event) error {
 	return s.WriteFrames(evs, transport.SSEFrame)
+}
+
+func (s *stream) StageEvents(b hub.Batch, evs []*event.Event) error {
+	tb, _ := b.(*transport.Batch)
+	return s.Stage(tb, evs, transport.SSEFrame)
 }
 
 func (s *stream) WriteControl(name string, msg []byte) error {

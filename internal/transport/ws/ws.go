@@ -69,6 +69,10 @@ func New(ctx context.Context, cfg Config, engine *nbhttp.Engine, checker *handsh
 	u.SetPingHandler(func(c *websocket.Conn, data string) {
 		if s, ok := c.Session().(*sink); ok {
 			s.seen()
+			// Through the writer, so the pong keeps its place among the
+			// connection's other frames (a batched send may be in flight).
+			_ = s.Write(append([]byte{0x8A, byte(len(data))}, data...))
+			return
 		}
 		_ = c.WriteMessage(websocket.PongMessage, []byte(data))
 	})
@@ -76,14 +80,21 @@ func New(ctx context.Context, cfg Config, engine *nbhttp.Engine, checker *handsh
 		// A close frame answers ours, or starts the closing handshake. Only
 		// in the second case is one sent back: a second close frame from the
 		// server makes browsers report 1006 instead of our code.
-		if s, ok := c.Session().(*sink); ok && s.closed.Swap(true) {
+		s, ok := c.Session().(*sink)
+		if ok && s.closed.Swap(true) {
 			return
 		}
-		if code == 1005 {
-			_ = c.WriteMessage(websocket.CloseMessage, nil)
+		reply := []byte{0x88, 0x00}
+		if code != 1005 {
+			reply = closeFrame(protocol.Disconnect{Code: code})
+		}
+		if ok {
+			// The engine closes the socket when this returns: the reply
+			// goes out now, ahead of anything still staged.
+			_ = s.WriteNow(reply)
 			return
 		}
-		_ = c.WriteClose(code, "")
+		_, _ = c.Conn.Write(reply)
 	})
 	u.OnClose(func(c *websocket.Conn, err error) {
 		if s, ok := c.Session().(*sink); ok && s.client != nil {
@@ -110,7 +121,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.logger.Debug("websocket upgrade failed", "err", err)
 		return
 	}
-	s := &sink{conn: conn, Writer: transport.NewWriter(conn.Conn, h.cfg.MaxQueueBytes), handler: h}
+	s := &sink{conn: conn, handler: h}
+	s.Init(conn.Conn, transport.EngineConn(conn.Conn), h.cfg.MaxQueueBytes)
 	s.guard.init(h.cfg.MessageRate)
 	s.seen()
 	conn.SetSession(s)
@@ -211,6 +223,11 @@ const closeWait = 3 * time.Second
 
 func (s *sink) WriteEvents(evs []*event.Event) error {
 	return s.WriteFrames(evs, transport.WSFrame)
+}
+
+func (s *sink) StageEvents(b hub.Batch, evs []*event.Event) error {
+	tb, _ := b.(*transport.Batch)
+	return s.Stage(tb, evs, transport.WSFrame)
 }
 
 func (s *sink) WriteControl(name string, msg []byte) error {
