@@ -18,7 +18,8 @@ cfidle)
   start_cf; echo "=== centrifugo idle ws"; $B idle --target centrifugo --server http://127.0.0.1:8000 --n 19000 --settle 5s ;;
 fanout)
   for rate in 10 20 40; do start_kh --store memory; echo "=== fanout kh ws rate $rate"; $B fanout $S --n 10000 --transport ws --rate $rate --duration 10s; done
-  start_kh --store memory; echo "=== fanout kh sse rate 10"; $B fanout $S --n 10000 --transport sse --rate 10 --duration 10s
+  for rate in 10 40; do start_kh --store memory; echo "=== fanout kh sse rate $rate"; $B fanout $S --n 10000 --transport sse --rate $rate --duration 10s; done
+  start_kh --store memory --send-batching off; echo "=== fanout kh ws rate 10 send-batching off"; $B fanout $S --n 10000 --transport ws --rate 10 --duration 10s
   start_kh --store disk; echo "=== fanout kh ws rate 10 disk"; $B fanout $S --n 10000 --transport ws --rate 10 --duration 10s ;;
 cffanout)
   for rate in 10 20 40; do start_cf; echo "=== fanout centrifugo ws rate $rate"; $B fanout --target centrifugo --server http://127.0.0.1:8000 --centrifugo-api-key APIKEY --n 10000 --rate $rate --duration 10s; done ;;

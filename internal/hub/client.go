@@ -275,20 +275,30 @@ func (c *Client) Unsubscribe(job string, ack []byte) {
 	}
 }
 
-// current drops, in place, the events of jobs the client left since they
-// were matched; c.mu is held.
+// current drops the events of jobs the client left since they were
+// matched; c.mu is held. evs itself is left as it is (the shard counts its
+// deliveries from it): when something is dropped, the result is a copy.
 func (c *Client) current(evs []*event.Event) []*event.Event {
-	n := 0
-	for _, e := range evs {
-		if e.JobID != "" {
-			if _, ok := c.sub.Jobs[e.JobID]; !ok {
-				continue
+	left := func(e *event.Event) bool {
+		if e.JobID == "" {
+			return false
+		}
+		_, ok := c.sub.Jobs[e.JobID]
+		return !ok
+	}
+	for i, e := range evs {
+		if !left(e) {
+			continue
+		}
+		out := append(make([]*event.Event, 0, len(evs)-1), evs[:i]...)
+		for _, e := range evs[i+1:] {
+			if !left(e) {
+				out = append(out, e)
 			}
 		}
-		evs[n] = e
-		n++
+		return out
 	}
-	return evs[:n]
+	return evs
 }
 
 // ErrOtherUser is returned by Refresh for a token of another user.

@@ -24,9 +24,11 @@ type shard struct {
 	expMu     sync.Mutex
 	deadlines deadlineHeap // clients with a token deadline, soonest first
 
-	touched []*Client      // worker only: clients with events in the current batch
-	merged  []*event.Event // worker only: batches coalesced for one round
-	batch   Batch          // worker only: the round's staged writes; nil without batching
+	touched   []*Client      // worker only: clients with events in the current batch
+	merged    []*event.Event // worker only: batches coalesced for one round
+	batch     Batch          // worker only: the round's staged writes; nil without batching
+	counts    []int          // worker only: deliveries of each event of the round
+	collected int            // worker only: deliveries collected so far in the round
 }
 
 func newShard(h *Hub) *shard {
@@ -177,9 +179,18 @@ func (s *shard) coalesce(evs []*event.Event) []*event.Event {
 
 // deliver routes one batch: each client gets the events it may receive, in
 // id order, as a single write.
+//
+// Each event's deliveries are counted as they are collected and corrected
+// for the few clients that took less than collected (closed, replaying),
+// so the metrics are updated once per event, not once per delivery.
 func (s *shard) deliver(evs []*event.Event) {
+	if cap(s.counts) < len(evs) {
+		s.counts = make([]int, len(evs))
+	}
+	s.counts = s.counts[:len(evs)]
 	s.mu.RLock()
-	for _, e := range evs {
+	for i, e := range evs {
+		before := s.collected
 		switch {
 		case e.JobID != "":
 			for c := range s.byJob[e.JobID] {
@@ -194,15 +205,14 @@ func (s *shard) deliver(evs []*event.Event) {
 				s.collect(c, e)
 			}
 		}
+		s.counts[i] = s.collected - before
 	}
 	s.mu.RUnlock()
 
-	obs := s.hub.obs
 	now := time.Now()
 	for _, c := range s.touched {
-		for _, e := range c.deliver(c.batch, s.batch) {
-			obs.Delivered(e.TypeIndex, 1)
-			obs.ObserveDeliveryLatency(now.Sub(e.Time))
+		if written := c.deliver(c.batch, s.batch); len(written) != len(c.batch) {
+			s.uncount(evs, c.batch, written)
 		}
 		clear(c.batch)
 		c.batch = c.batch[:0]
@@ -210,6 +220,14 @@ func (s *shard) deliver(evs []*event.Event) {
 	if s.batch != nil {
 		s.batch.Flush()
 	}
+	obs := s.hub.obs
+	for i, e := range evs {
+		if n := s.counts[i]; n > 0 {
+			obs.Delivered(e.TypeIndex, n)
+			obs.ObserveDeliveryLatency(now.Sub(e.Time), n)
+		}
+	}
+	s.collected = 0
 	clear(s.touched)
 	s.touched = s.touched[:0]
 	clear(s.merged)
@@ -223,6 +241,23 @@ func (s *shard) collect(c *Client, e *event.Event) {
 		s.touched = append(s.touched, c)
 	}
 	c.batch = append(c.batch, e)
+	s.collected++
+}
+
+// uncount takes back the events of batch (collected for one client, in
+// the order of evs) that are not in written (a subsequence of batch).
+func (s *shard) uncount(evs, batch, written []*event.Event) {
+	i := 0
+	for _, e := range batch {
+		if len(written) > 0 && written[0] == e {
+			written = written[1:]
+			continue
+		}
+		for evs[i] != e {
+			i++
+		}
+		s.counts[i]--
+	}
 }
 
 // expiryTick is how often token deadlines are checked.

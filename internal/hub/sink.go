@@ -52,7 +52,8 @@ var ErrSlow = errors.New("send queue over budget")
 // Observer receives the hub's measurements (the metrics package).
 type Observer interface {
 	Delivered(typeIndex int, n int)
-	ObserveDeliveryLatency(d time.Duration)
+	// ObserveDeliveryLatency records n deliveries that each took d.
+	ObserveDeliveryLatency(d time.Duration, n int)
 	SlowConsumer(transport string)
 	Disconnect(transport string, code int)
 	ConnOpened(transport string, authenticated bool)
@@ -62,10 +63,10 @@ type Observer interface {
 
 type nopObserver struct{}
 
-func (nopObserver) Delivered(int, int)                   {}
-func (nopObserver) ObserveDeliveryLatency(time.Duration) {}
-func (nopObserver) SlowConsumer(string)                  {}
-func (nopObserver) Disconnect(string, int)               {}
-func (nopObserver) ConnOpened(string, bool)              {}
-func (nopObserver) ObserveStore(string, time.Duration)   {}
-func (nopObserver) ConnClosed(string, bool)              {}
+func (nopObserver) Delivered(int, int)                        {}
+func (nopObserver) ObserveDeliveryLatency(time.Duration, int) {}
+func (nopObserver) SlowConsumer(string)                       {}
+func (nopObserver) Disconnect(string, int)                    {}
+func (nopObserver) ConnOpened(string, bool)                   {}
+func (nopObserver) ObserveStore(string, time.Duration)        {}
+func (nopObserver) ConnClosed(string, bool)                   {}

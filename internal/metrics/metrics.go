@@ -94,7 +94,7 @@ type Metrics struct {
 	acceptedByType  []prometheus.Counter // len(types)+1; the last is "other"
 	deliveredVec    *prometheus.CounterVec
 	deliveredByType []prometheus.Counter // len(types)+1; the last is "other"
-	deliveryLatency prometheus.Histogram
+	deliveryLatency *weightedHistogram
 	slow            *prometheus.CounterVec
 	slowByTransport [numTransports]prometheus.Counter
 	disconnects     *prometheus.CounterVec
@@ -155,12 +155,9 @@ func New(types []string) *Metrics {
 	m.acceptedByType[len(types)] = m.acceptedVec.WithLabelValues(OtherType)
 	m.deliveredByType[len(types)] = m.deliveredVec.WithLabelValues(OtherType)
 
-	m.deliveryLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
-		Namespace: Namespace,
-		Name:      "delivery_latency_seconds",
-		Help:      "Time from an event's acceptance to its being written to a client connection.",
-		Buckets:   DeliveryLatencyBuckets,
-	})
+	m.deliveryLatency = newWeightedHistogram("delivery_latency_seconds",
+		"Time from an event's acceptance to its being written to a client connection.",
+		DeliveryLatencyBuckets)
 
 	m.slow = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: Namespace,
@@ -307,14 +304,11 @@ func (m *Metrics) Delivered(typeIndex int, n int) {
 	typeCounter(m.deliveredByType, typeIndex).Add(float64(n))
 }
 
-// ObserveDeliveryLatency records the time from an event's acceptance to its
-// being written to a connection. A negative d (clocks of two nodes
-// disagreeing) counts as 0.
-func (m *Metrics) ObserveDeliveryLatency(d time.Duration) {
-	if d < 0 {
-		d = 0
-	}
-	m.deliveryLatency.Observe(d.Seconds())
+// ObserveDeliveryLatency records n deliveries that took d from an event's
+// acceptance to its being written to a connection. A negative d (clocks of
+// two nodes disagreeing) counts as 0.
+func (m *Metrics) ObserveDeliveryLatency(d time.Duration, n int) {
+	m.deliveryLatency.Observe(d, n)
 }
 
 // SlowConsumer counts a connection of transport closed because its send

@@ -153,8 +153,8 @@ func TestCountersAndHistograms(t *testing.T) {
 		t.Errorf("panics = %v, want 1", got)
 	}
 
-	m.ObserveDeliveryLatency(2 * time.Millisecond)
-	m.ObserveDeliveryLatency(-time.Second)
+	m.ObserveDeliveryLatency(2*time.Millisecond, 1)
+	m.ObserveDeliveryLatency(-time.Second, 1)
 	m.ObserveStore("append", time.Millisecond)
 	m.ObserveStore("read", time.Millisecond)
 	m.ObserveStore("read", time.Millisecond)
@@ -326,7 +326,7 @@ func TestHotPathDoesNotAllocate(t *testing.T) {
 		"Delivered":              func() { m.Delivered(2, 1) },
 		"Delivered other":        func() { m.Delivered(-1, 3) },
 		"Accepted":               func() { m.Accepted(0, 1) },
-		"ObserveDeliveryLatency": func() { m.ObserveDeliveryLatency(3 * time.Millisecond) },
+		"ObserveDeliveryLatency": func() { m.ObserveDeliveryLatency(3*time.Millisecond, 1) },
 		"ConnOpened/Closed": func() {
 			m.ConnOpened("websocket", true)
 			m.ConnClosed("websocket", true)
@@ -361,7 +361,7 @@ func BenchmarkObserveDeliveryLatency(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		d := time.Duration(0)
 		for pb.Next() {
-			m.ObserveDeliveryLatency(d)
+			m.ObserveDeliveryLatency(d, 1)
 			d = (d + 137*time.Microsecond) % (2 * time.Second)
 		}
 	})
