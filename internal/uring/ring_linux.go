@@ -189,8 +189,18 @@ func (r *Ring) Send(fds []int32, bufs [][]byte, res []int32) error {
 	atomic.StoreUint32(r.sqTail, tail+n)
 
 	toSubmit, done := n, uint32(0)
-	for done < n {
-		got, _, errno := syscall.Syscall6(sysEnter, uintptr(r.fd), uintptr(toSubmit), uintptr(n-done), enterGetEvents, 0, 0)
+	for round := 0; done < n; round++ {
+		var got uintptr
+		var errno syscall.Errno
+		if round == 0 {
+			// Non-blocking sends complete while they are submitted: the
+			// call is CPU work, not a wait, so it is made without handing
+			// the goroutine's processor to the scheduler (as a blocking
+			// call would, with a thread wake-up each time).
+			got, _, errno = syscall.RawSyscall6(sysEnter, uintptr(r.fd), uintptr(toSubmit), 0, 0, 0, 0)
+		} else {
+			got, _, errno = syscall.Syscall6(sysEnter, uintptr(r.fd), uintptr(toSubmit), uintptr(n-done), enterGetEvents, 0, 0)
+		}
 		switch {
 		case errno == syscall.EINTR:
 		case errno != 0:
