@@ -13,7 +13,7 @@ import (
 	"time"
 )
 
-func open(t *testing.T) *Ring {
+func open(t testing.TB) *Ring {
 	t.Helper()
 	r, err := Open()
 	if errors.Is(err, ErrUnsupported) {
@@ -28,7 +28,7 @@ func open(t *testing.T) *Ring {
 
 // pairs returns n connected loopback TCP pairs: the server side's
 // descriptor (non-blocking, as the event loop keeps it) and the client.
-func pairs(t *testing.T, n int) ([]int32, []net.Conn) {
+func pairs(t testing.TB, n int) ([]int32, []net.Conn) {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -167,3 +167,4 @@ func TestSendKeepsEachStreamInOrder(t *testing.T) {
 		}
 	}
 }
+
