@@ -167,4 +167,3 @@ func TestSendKeepsEachStreamInOrder(t *testing.T) {
 		}
 	}
 }
-
