@@ -139,16 +139,7 @@ func readerProcess(b *testing.B, n int) []int32 {
 	b.Cleanup(func() { _ = stdin.Close(); _ = cmd.Wait() })
 	fds := make([]int32, 0, n)
 	for len(fds) < n {
-		c, err := ln.Accept()
-		if err != nil {
-			b.Fatal(err)
-		}
-		rc, err := c.(*net.TCPConn).SyscallConn()
-		if err != nil {
-			b.Fatal(err)
-		}
-		_ = rc.Control(func(fd uintptr) { fds = append(fds, int32(fd)) })
-		b.Cleanup(func() { _ = c.Close() })
+		fds = append(fds, accept(b, ln))
 	}
 	line, err := bufio.NewReader(stdout).ReadString('\n')
 	if err != nil || line != "ready\n" {

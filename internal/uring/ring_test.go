@@ -42,19 +42,29 @@ func pairs(t testing.TB, n int) ([]int32, []net.Conn) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s, err := ln.Accept()
-		if err != nil {
-			t.Fatal(err)
-		}
-		rc, err := s.(*net.TCPConn).SyscallConn()
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = rc.Control(func(fd uintptr) { fds[i] = int32(fd) })
+		fds[i] = accept(t, ln)
 		clients[i] = c
-		t.Cleanup(func() { s.Close(); c.Close() })
+		t.Cleanup(func() { c.Close() })
 	}
 	return fds, clients
+}
+
+// accept takes the next connection of ln and returns its descriptor; the
+// connection is closed when the test ends.
+func accept(t testing.TB, ln net.Listener) int32 {
+	t.Helper()
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	rc, err := s.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int32
+	_ = rc.Control(func(x uintptr) { fd = int32(x) })
+	return fd
 }
 
 func TestSendDeliversEachBufferToItsSocket(t *testing.T) {
