@@ -67,10 +67,15 @@ type Hub struct {
 	obs    Observer
 	logger *slog.Logger
 
-	shards []*shard
-	next   atomic.Uint32 // round-robin shard choice
-	count  atomic.Int64
+	shards  []*shard
+	next    atomic.Uint32 // round-robin shard choice
+	count   atomic.Int64
+	batched atomic.Int32 // fan-out workers running with a Batch
 }
+
+// Batched reports how many fan-out workers hand their writes to a Batch
+// (Config.NewBatch); 0 when every delivery is written at once.
+func (h *Hub) Batched() int { return int(h.batched.Load()) }
 
 // New returns a hub that routes the events of log. obs may be nil.
 func New(cfg Config, log store.Log, obs Observer, logger *slog.Logger) *Hub {

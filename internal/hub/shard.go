@@ -117,6 +117,8 @@ func (s *shard) run(ctx context.Context) {
 	if s.hub.cfg.NewBatch != nil {
 		if b := s.hub.cfg.NewBatch(); b != nil {
 			s.batch = b
+			s.hub.batched.Add(1)
+			defer s.hub.batched.Add(-1)
 			defer b.Close()
 		}
 	}

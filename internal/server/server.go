@@ -321,10 +321,15 @@ func (s *Server) routes() http.Handler {
 	mux.HandleFunc("/api/realtime/stats", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
+		batching := "off"
+		if s.hub.Batched() > 0 {
+			batching = "io_uring"
+		}
 		_ = json.NewEncoder(w).Encode(struct {
 			metrics.Stats
-			EventTypes []string `json:"event_types"` // every type this hub accepts
-		}{s.metrics.Snapshot(), s.types.Names()})
+			EventTypes   []string `json:"event_types"`   // every type this hub accepts
+			SendBatching string   `json:"send_batching"` // io_uring, or off (setting off or io_uring unavailable)
+		}{s.metrics.Snapshot(), s.types.Names(), batching})
 	})
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")

@@ -14,6 +14,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/knowledgehub/realtime/internal/server/servertest"
+	"github.com/knowledgehub/realtime/internal/uring"
 )
 
 // wsClient is a real WebSocket client (gorilla/websocket) for tests. A
@@ -240,8 +241,39 @@ func TestWebSocketClientMessages(t *testing.T) {
 	}
 }
 
+// TestWebSocketRouting runs with the fan-out's sends batched through
+// io_uring (the default, where the kernel allows it) and with one write per
+// delivery, and checks which the node reports in its stats.
 func TestWebSocketRouting(t *testing.T) {
-	n := servertest.Start(t)
+	want := "io_uring"
+	if r, err := uring.Open(); err != nil {
+		want = "off"
+	} else {
+		r.Close()
+	}
+	for setting, want := range map[string]string{"auto": want, "off": "off"} {
+		t.Run("send_batching="+setting, func(t *testing.T) {
+			n := servertest.Start(t, "--send-batching", setting)
+			testWebSocketRouting(t, n)
+			resp, err := http.Get(n.URL + "/api/realtime/stats")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var stats struct {
+				SendBatching string `json:"send_batching"`
+			}
+			if err := json.NewDecoder(resp.Body).Decode(&stats); err != nil {
+				t.Fatal(err)
+			}
+			if stats.SendBatching != want {
+				t.Errorf("stats send_batching = %q, want %q", stats.SendBatching, want)
+			}
+		})
+	}
+}
+
+func testWebSocketRouting(t *testing.T, n *servertest.Node) {
 	anon := mustDialWS(t, n, "")
 	anon.welcome()
 	alice := mustDialWS(t, n, "token="+servertest.Token(t, "alice", time.Hour))
