@@ -26,7 +26,6 @@ type Batch struct {
 	bufs [][]byte
 	res  []int32
 	sent []*staged
-	dead []*staged
 }
 
 // staged is one connection's write waiting in a batch.
@@ -120,7 +119,7 @@ func (b *Batch) entry(w *Writer) *staged {
 // descriptor cannot be closed (and reused by a new connection) before the
 // kernel took it. What a socket does not take at once goes to the event
 // loop's queue, as a plain write's rest would; a connection whose send
-// failed is closed.
+// failed is shut down, for the event loop to close.
 func (b *Batch) Flush() {
 	for len(b.entries) > 0 {
 		n := min(len(b.entries), uring.MaxBatch)
@@ -173,15 +172,21 @@ func (b *Batch) flush(chunk []*staged) {
 			st.err = fmt.Errorf("batched send: %w", syscall.Errno(-r))
 		}
 	}
-	b.dead = b.dead[:0]
 	for _, st := range chunk {
 		w := st.w
 		closed, _ := w.engine.IsClosed()
+		if !closed && st.err != nil {
+			// The peer is gone. The socket is shut down, not closed: the
+			// event loop sees it end and closes it on its own goroutine.
+			// A descriptor closed here could be reused by the next
+			// accepted connection while the event loop still holds an
+			// event of the old one, which it would then apply to the new
+			// connection (and end it).
+			_ = syscall.Shutdown(int(w.fd), syscall.SHUT_RDWR)
+		}
 		w.engine.Unlock()
 		switch {
-		case closed:
-		case st.err != nil:
-			b.dead = append(b.dead, st)
+		case closed, st.err != nil:
 		case len(st.data) > 0:
 			// The rest (or all, behind bytes already queued) is the
 			// event loop's to write; w.mu keeps every other write of ours
@@ -192,9 +197,6 @@ func (b *Batch) flush(chunk []*staged) {
 		}
 		w.staged = nil
 		w.mu.Unlock()
-	}
-	for _, st := range b.dead {
-		_ = st.w.engine.CloseWithError(st.err)
 	}
 	for _, st := range chunk {
 		*st = staged{}
