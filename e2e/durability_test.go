@@ -27,6 +27,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/knowledgehub/realtime/internal/syncbuf"
 )
 
 const (
@@ -37,7 +39,7 @@ const (
 // durServe is a `knowledgehub serve` process.
 type durServe struct {
 	cmd    *exec.Cmd
-	out    *lockedBuffer
+	out    *syncbuf.Buffer
 	done   chan struct{}
 	err    error
 	killed bool
@@ -56,7 +58,7 @@ func durBuildBinary(t *testing.T) string {
 
 func durStartServe(t *testing.T, bin, base string, args ...string) *durServe {
 	t.Helper()
-	p := &durServe{cmd: exec.Command(bin, args...), out: &lockedBuffer{}, done: make(chan struct{})}
+	p := &durServe{cmd: exec.Command(bin, args...), out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "KNOWLEDGEHUB_") {
 			p.cmd.Env = append(p.cmd.Env, kv)

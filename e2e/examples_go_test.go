@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/knowledgehub/realtime/internal/server/servertest"
+	"github.com/knowledgehub/realtime/internal/syncbuf"
 )
 
 // startProgram runs bin with args as a Driver: its stdout lines are the
@@ -25,7 +26,7 @@ func startProgram(t *testing.T, bin string, args ...string) *Driver {
 	cmd.Env = os.Environ()
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 5 * time.Second
-	d := &Driver{t: t, name: filepath.Base(bin), cmd: cmd, cancel: cancel, stderr: &lockedBuffer{}, changed: make(chan struct{})}
+	d := &Driver{t: t, name: filepath.Base(bin), cmd: cmd, cancel: cancel, stderr: &syncbuf.Buffer{}, changed: make(chan struct{})}
 	cmd.Stderr = d.stderr
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/knowledgehub/realtime/internal/syncbuf"
 )
 
 // Timeouts. Every wait in these tests is bounded by one of them.
@@ -128,7 +130,7 @@ type Driver struct {
 	cmd    *exec.Cmd
 	cancel context.CancelFunc
 	stdin  io.WriteCloser
-	stderr *lockedBuffer
+	stderr *syncbuf.Buffer
 	driver bool // speaks the driver protocol of lib.mjs (exit command)
 
 	mu      sync.Mutex
@@ -160,7 +162,7 @@ func StartNode(t testing.TB, dir, script string, env map[string]string, args ...
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), scriptTimeout)
 	cmd := nodeCommand(ctx, dir, script, env, args...)
-	d := &Driver{t: t, name: script, cmd: cmd, cancel: cancel, stderr: &lockedBuffer{}, changed: make(chan struct{})}
+	d := &Driver{t: t, name: script, cmd: cmd, cancel: cancel, stderr: &syncbuf.Buffer{}, changed: make(chan struct{})}
 	cmd.Stderr = d.stderr
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
@@ -384,23 +386,6 @@ func (d *Driver) Terminate() {
 			d.t.Fatalf("e2e: %s: no exit within 10 s of SIGTERM", d.name)
 		}
 	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // Matchers.

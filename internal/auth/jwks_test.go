@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/knowledgehub/realtime/internal/syncbuf"
 )
 
 // jwksServer serves a JWKS document that the test can swap, on 127.0.0.1,
@@ -171,7 +173,7 @@ func TestJWKSURLCachedAndRefreshedOnUnknownKid(t *testing.T) {
 func TestJWKSPeriodicRefresh(t *testing.T) {
 	k := keys()
 	srv := newJWKSServer(t, jwksDoc(jwk(&k.rsa.PublicKey, "k1", "RS256")))
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	v, err := New(context.Background(), Config{JWKS: srv.URL, RefreshInterval: 20 * time.Millisecond, Logger: logger})
 	if err != nil {
@@ -339,7 +341,7 @@ func TestJWKSErrors(t *testing.T) {
 
 func TestJWKSSkipsBadKeysKeepsGood(t *testing.T) {
 	k := keys()
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	path := writeFile(t, jwksDoc(
 		map[string]any{"kty": "oct", "k": b64([]byte(secretNew)), "kid": "hmac"},
 		jwk(&k.rsa.PublicKey, "good", "RS256"),
@@ -378,22 +380,4 @@ func TestJWKSPrivateKeyMaterialIgnored(t *testing.T) {
 func with2(m map[string]any, k string, v any) map[string]any {
 	m[k] = v
 	return m
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a reader.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,32 +10,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/knowledgehub/realtime/internal/auth"
 	"github.com/knowledgehub/realtime/internal/server/servertest"
+	"github.com/knowledgehub/realtime/internal/syncbuf"
 )
-
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // waitFor waits until cond holds, failing the test after d.
 func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
@@ -52,9 +33,9 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 
 // listening runs Listen in the background; the returned channel gets its
 // result.
-func listening(t *testing.T, ctx context.Context, o ListenOptions) (out, notes *syncBuffer, done chan error) {
+func listening(t *testing.T, ctx context.Context, o ListenOptions) (out, notes *syncbuf.Buffer, done chan error) {
 	t.Helper()
-	out, notes = &syncBuffer{}, &syncBuffer{}
+	out, notes = &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	o.Out, o.Notes = out, notes
 	if o.MinBackoff == 0 {
 		o.MinBackoff = 50 * time.Millisecond
@@ -84,7 +65,9 @@ func result(t *testing.T, done chan error) error {
 	}
 }
 
-func connectedCount(notes *syncBuffer) int { return strings.Count(notes.String(), "listen: connected") }
+func connectedCount(notes *syncbuf.Buffer) int {
+	return strings.Count(notes.String(), "listen: connected")
+}
 
 func eventLines(t *testing.T, s string) []WireEvent {
 	t.Helper()
@@ -148,7 +131,7 @@ func TestListenInProcess(t *testing.T) {
 			}
 			for name, c := range map[string]struct {
 				done chan error
-				out  *syncBuffer
+				out  *syncbuf.Buffer
 				want []string
 			}{
 				"anonymous": {anonDone, anonOut, []string{ids[1], ids[3]}},

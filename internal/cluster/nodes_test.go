@@ -21,6 +21,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/knowledgehub/realtime/internal/redistest"
+	"github.com/knowledgehub/realtime/internal/syncbuf"
 )
 
 const (
@@ -29,24 +30,6 @@ const (
 	jwtSecret  = "cluster-test-secret-0123456789abcdef0123456789"
 	publishKey = "pk-cluster-test"
 )
-
-// lockedBuffer collects a process's output while the test reads it.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // node is one `knowledgehub serve` process.
 type node struct {
@@ -61,8 +44,8 @@ type node struct {
 	cmd     *exec.Cmd
 	done    chan struct{}
 	killed  bool // ended by the test on purpose (SIGKILL)
-	output  *lockedBuffer
-	outputs []*lockedBuffer // of every process this node ran
+	output  *syncbuf.Buffer
+	outputs []*syncbuf.Buffer // of every process this node ran
 }
 
 // cluster is a Redis and the nodes sharing it.
@@ -138,7 +121,7 @@ func (nd *node) launch(t *testing.T) {
 	t.Helper()
 	cmd := exec.Command(binary, nd.args...)
 	cmd.Env = cleanEnv()
-	out := &lockedBuffer{}
+	out := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = sysProcAttr()
 	if err := cmd.Start(); err != nil {

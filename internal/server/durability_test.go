@@ -57,6 +57,7 @@ import (
 	"github.com/knowledgehub/realtime/internal/config"
 	"github.com/knowledgehub/realtime/internal/event"
 	"github.com/knowledgehub/realtime/internal/server/servertest"
+	"github.com/knowledgehub/realtime/internal/syncbuf"
 )
 
 // ---------------------------------------------------------------------------
@@ -434,30 +435,10 @@ func durBuild(t testing.TB, dir string) string {
 	return bin
 }
 
-type durLockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *durLockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.b.Len() > 4<<20 {
-		return len(p), nil
-	}
-	return l.b.Write(p)
-}
-
-func (l *durLockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // durProc is a `knowledgehub serve` process.
 type durProc struct {
 	cmd    *exec.Cmd
-	stderr *durLockedBuf
+	stderr *syncbuf.Buffer
 	done   chan struct{}
 	err    error
 }
@@ -475,7 +456,7 @@ func durEnv() []string {
 // durStartServe starts bin with args and waits until base/healthz answers.
 func durStartServe(t *testing.T, bin, base string, args ...string) *durProc {
 	t.Helper()
-	p := &durProc{cmd: exec.Command(bin, args...), stderr: &durLockedBuf{}, done: make(chan struct{})}
+	p := &durProc{cmd: exec.Command(bin, args...), stderr: &syncbuf.Buffer{Max: 4 << 20}, done: make(chan struct{})}
 	p.cmd.Env = durEnv()
 	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
 	if err := p.cmd.Start(); err != nil {

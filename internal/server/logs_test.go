@@ -1,40 +1,21 @@
 package server_test
 
 import (
-	"bytes"
 	"log/slog"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/knowledgehub/realtime/internal/server/servertest"
+	"github.com/knowledgehub/realtime/internal/syncbuf"
 )
-
-// syncBuffer is a bytes.Buffer safe for the logger's concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestTokensNeverLogged: at the most verbose level, with JSON logs, no
 // token given in a URL (valid, invalid, refused, with ";" separators) or
 // in a header, and no key, appears in any log line (SPEC §2).
 func TestTokensNeverLogged(t *testing.T) {
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	logger := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug - 8}))
 	n := servertest.StartLogged(t, servertest.Config(t), logger)
 
