@@ -468,6 +468,10 @@ func (l *Log) commit(batch []*request) {
 		if err := meta.Put(metaCount, binary.BigEndian.AppendUint64(nil, uint64(count+int64(added)))); err != nil {
 			return false, err
 		}
+		// Last moves before the commit makes the events readable: Bounds
+		// is never behind an event a Read (a replay) already returned, or
+		// a client resuming from it at once would be told of a reset.
+		l.setLast(last)
 		return true, nil
 	})
 	if err != nil {

@@ -54,6 +54,7 @@ func Run(t *testing.T, open func(t *testing.T, r store.Retention) store.Log) {
 	t.Run("ReadSlices", s.readSlices)
 	t.Run("ReadFromZero", s.readFromZero)
 	t.Run("BoundsLast", s.boundsLast)
+	t.Run("BoundsCoverWhatReadSees", s.boundsCoverWhatReadSees)
 	t.Run("RetentionByCount", s.retentionByCount)
 	t.Run("RetentionByAge", s.retentionByAge)
 	t.Run("IdempotencyKey", s.idempotencyKey)
@@ -355,6 +356,52 @@ func (s *suite) boundsLast(t *testing.T) {
 	}
 	if b := mustBounds(t, l); b.Last != last {
 		t.Fatalf("Bounds.Last after a replayed Append = %s, want %s", b.Last, last)
+	}
+}
+
+// boundsCoverWhatReadSees reads the newest events while others are
+// appended: Bounds, asked after a Read, must never be behind an id that
+// Read returned. (A client that received the newest event and resumes from
+// it at once would otherwise be told the log was reset: a spurious gap.)
+func (s *suite) boundsCoverWhatReadSees(t *testing.T) {
+	l := s.log(t, store.Retention{})
+	ctx := ctxFor(t)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			for i := 0; i < 2000; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, _, err := l.Append(ctx, "", s.newEvents("race", 1)); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	defer func() { close(stop); wg.Wait() }()
+	var seen event.ID
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		evs, err := l.Read(ctx, seen, 1000)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(evs) == 0 {
+			continue
+		}
+		seen = evs[len(evs)-1].ID
+		b, err := l.Bounds(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.Last.Less(seen) {
+			t.Fatalf("Bounds.Last %s is behind %s, which Read already returned", b.Last, seen)
+		}
 	}
 }
 
