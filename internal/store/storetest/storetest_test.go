@@ -27,6 +27,7 @@ var mutations = map[string]string{ // mutation -> subtest that must fail
 	"limit-off-by-one":   "ReadSlices",
 	"zero-skips-first":   "ReadFromZero",
 	"bounds-last-zero":   "BoundsLast",
+	"bounds-lags-commit": "BoundsCoverWhatReadSees",
 	"keep-one-more":      "RetentionByCount",
 	"age-too-long":       "RetentionByAge",
 	"ignore-key":         "IdempotencyKey",
@@ -130,8 +131,15 @@ func (l *mutant) Read(ctx context.Context, after event.ID, limit int) ([]*event.
 
 func (l *mutant) Bounds(ctx context.Context) (store.Bounds, error) {
 	b, err := l.Memory.Bounds(ctx)
-	if l.m == "bounds-last-zero" {
+	switch l.m {
+	case "bounds-last-zero":
 		b.Last = event.ID{}
+	case "bounds-lags-commit": // as if Last moved after the commit
+		if b.Last.Seq > 0 {
+			b.Last.Seq--
+		} else if b.Last.Ms > 0 {
+			b.Last = event.ID{Ms: b.Last.Ms - 1}
+		}
 	}
 	return b, err
 }
