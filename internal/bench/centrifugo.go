@@ -193,13 +193,8 @@ func (r *runner) dialCentrifugo(ctx context.Context, idx int, p dialParams) (*cl
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.ConnectTimeout)
 	defer cancel()
 	deadline, _ := ctx.Deadline()
-	ws, resp, err := r.wsDialer[idx%len(r.wsDialer)].DialContext(ctx, r.wsURL, nil)
+	ws, err := r.dialWS(ctx, idx, r.wsURL)
 	if err != nil {
-		if resp != nil {
-			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-			resp.Body.Close()
-			return nil, errorBody(resp.StatusCode, resp.Header, body, kindWS)
-		}
 		return nil, err
 	}
 	c.ws = ws

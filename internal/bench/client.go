@@ -167,6 +167,21 @@ type dialParams struct {
 
 // dial opens connection idx and reads its welcome; the reader goroutine is
 // not started.
+// dialWS opens a WebSocket to u from the idx-th source address; a refused
+// upgrade is reported with its status and body.
+func (r *runner) dialWS(ctx context.Context, idx int, u string) (*websocket.Conn, error) {
+	ws, resp, err := r.wsDialer[idx%len(r.wsDialer)].DialContext(ctx, u, nil)
+	if err != nil {
+		if resp != nil {
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+			resp.Body.Close()
+			return nil, errorBody(resp.StatusCode, resp.Header, body, kindWS)
+		}
+		return nil, err
+	}
+	return ws, nil
+}
+
 func (r *runner) dial(ctx context.Context, idx int, kind transportKind, p dialParams) (*client, error) {
 	if r.cfg.Target == TargetCentrifugo {
 		return r.dialCentrifugo(ctx, idx, p)
@@ -190,13 +205,8 @@ func (r *runner) dial(ctx context.Context, idx int, kind transportKind, p dialPa
 		if len(q) > 0 {
 			u += "?" + q.Encode()
 		}
-		ws, resp, err := r.wsDialer[idx%len(r.wsDialer)].DialContext(ctx, u, nil)
+		ws, err := r.dialWS(ctx, idx, u)
 		if err != nil {
-			if resp != nil {
-				body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-				resp.Body.Close()
-				return nil, errorBody(resp.StatusCode, resp.Header, body, kind)
-			}
 			return nil, err
 		}
 		c.ws = ws
