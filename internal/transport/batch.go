@@ -121,11 +121,10 @@ func (b *Batch) entry(w *Writer) *staged {
 // loop's queue, as a plain write's rest would; a connection whose send
 // failed is shut down, for the event loop to close.
 func (b *Batch) Flush() {
-	for len(b.entries) > 0 {
-		n := min(len(b.entries), uring.MaxBatch)
-		b.flush(b.entries[:n])
-		b.entries = b.entries[n:]
+	for start := 0; start < len(b.entries); start += uring.MaxBatch {
+		b.flush(b.entries[start:min(len(b.entries), start+uring.MaxBatch)])
 	}
+	clear(b.entries)
 	b.entries = b.entries[:0]
 	if cap(b.arena) > 4<<20 {
 		b.arena = nil
@@ -187,6 +186,9 @@ func (b *Batch) flush(chunk []*staged) {
 		w.engine.Unlock()
 		switch {
 		case closed, st.err != nil:
+			// Nothing more reaches this socket: what was counted for it
+			// is no longer queued.
+			w.queued.Add(-int64(len(st.data)))
 		case len(st.data) > 0:
 			// The rest (or all, behind bytes already queued) is the
 			// event loop's to write; w.mu keeps every other write of ours

@@ -191,6 +191,9 @@ func TestBatchSkipsClosedConnections(t *testing.T) {
 	if w1.staged != nil || w2.staged != nil {
 		t.Fatal("a writer still points at a flushed stage")
 	}
+	if q := w1.Queued(); q != 0 {
+		t.Fatalf("the closed connection still counts %d queued bytes", q)
+	}
 }
 
 // TestBatchClosesAConnectionWhoseSendFails resets the peer: the batched
@@ -268,5 +271,31 @@ func TestBatchQueuesBehindTheEngine(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestBatchDoesNotAllocate checks the steady state of a round larger than
+// one submission: staging single-event writes for 300 connections and
+// flushing them allocates nothing.
+func TestBatchDoesNotAllocate(t *testing.T) {
+	g, b := engine(t), batch(t)
+	const conns = 300
+	ws := make([]*Writer, conns)
+	for i := range ws {
+		w, _, peer := connect(t, g)
+		ws[i] = w
+		go func() { _, _ = io.Copy(io.Discard, peer) }()
+	}
+	evs := []*event.Event{ev("a frame of a typical event, sent to every connection")}
+	round := func() {
+		for _, w := range ws {
+			if err := w.Stage(b, evs, WSFrame); err != nil {
+				t.Fatal(err)
+			}
+		}
+		b.Flush()
+	}
+	if allocs := testing.AllocsPerRun(20, round); allocs != 0 {
+		t.Fatalf("a round of %d staged writes allocated %.1f times", conns, allocs)
 	}
 }
