@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"errors"
 	"fmt"
 	"syscall"
 
@@ -154,9 +153,8 @@ func (b *Batch) flush(chunk []*staged) {
 		b.res = make([]int32, uring.MaxBatch)
 	}
 	res := b.res[:len(b.fds)]
-	err := b.ring.Send(b.fds, b.bufs, res)
-	for i := range res {
-		if err != nil {
+	if err := b.ring.Send(b.fds, b.bufs, res); err != nil {
+		for i := range res {
 			res[i] = -int32(syscall.EAGAIN) // the event loop writes them instead
 		}
 	}
@@ -192,10 +190,8 @@ func (b *Batch) flush(chunk []*staged) {
 		case len(st.data) > 0:
 			// The rest (or all, behind bytes already queued) is the
 			// event loop's to write; w.mu keeps every other write of ours
-			// behind it.
-			if _, err := w.engine.Write(st.data); err != nil && !errors.Is(err, syscall.EAGAIN) {
-				st.err = err
-			}
+			// behind it. A Write that fails closes the connection itself.
+			_, _ = w.engine.Write(st.data)
 		}
 		w.staged = nil
 		w.mu.Unlock()
