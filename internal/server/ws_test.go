@@ -3,6 +3,7 @@ package server_test
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -567,5 +568,79 @@ func TestWebSocketSilentPeerClosed(t *testing.T) {
 	alive.send(map[string]any{"type": "ping"})
 	if m := alive.read(5 * time.Second); m["type"] != "pong" {
 		t.Fatalf("the answering peer got %v", m)
+	}
+}
+
+// TestWebSocketControlFrames: the server answers a client's ping with a
+// pong carrying the same payload and a client's close frame with the same
+// code (RFC 6455), while events are being delivered to the connection,
+// with batched sends and without. Pongs and close replies go through the
+// connection's writer, behind anything staged for it.
+func TestWebSocketControlFrames(t *testing.T) {
+	for _, setting := range []string{"auto", "off"} {
+		t.Run("send_batching="+setting, func(t *testing.T) {
+			n := servertest.Start(t, "--send-batching", setting)
+			d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+			conn, _, err := d.Dial(n.WSURL, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			pongs := make(chan string, 64)
+			conn.SetPongHandler(func(data string) error { pongs <- data; return nil })
+			msgs := make(chan map[string]any, 256)
+			ended := make(chan error, 1)
+			go func() {
+				for {
+					var m map[string]any
+					if err := conn.ReadJSON(&m); err != nil {
+						ended <- err
+						close(msgs)
+						return
+					}
+					msgs <- m
+				}
+			}()
+			if m := <-msgs; m["type"] != "connected" {
+				t.Fatalf("first message %v, want the welcome", m)
+			}
+			const rounds = 20
+			for i := range rounds {
+				if err := conn.WriteControl(websocket.PingMessage, []byte(fmt.Sprintf("probe-%d", i)), time.Now().Add(time.Second)); err != nil {
+					t.Fatal(err)
+				}
+				n.MustPublish(t, map[string]any{"type": "CODE_CHANGE", "data": i})
+			}
+			for i := range rounds {
+				select {
+				case m := <-msgs:
+					if m["data"] != float64(i) {
+						t.Fatalf("event %d: got %v", i, m)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatalf("event %d did not arrive", i)
+				}
+				select {
+				case p := <-pongs:
+					if want := fmt.Sprintf("probe-%d", i); p != want {
+						t.Fatalf("pong %q, want %q", p, want)
+					}
+				case <-time.After(5 * time.Second):
+					t.Fatalf("no pong for probe-%d", i)
+				}
+			}
+			if err := conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4000, "done"), time.Now().Add(time.Second)); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case err := <-ended:
+				var ce *websocket.CloseError
+				if !errors.As(err, &ce) || ce.Code != 4000 {
+					t.Fatalf("after our close frame: %v, want the server's close frame with code 4000", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the server did not answer the close frame")
+			}
+		})
 	}
 }
