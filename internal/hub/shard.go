@@ -24,11 +24,10 @@ type shard struct {
 	expMu     sync.Mutex
 	deadlines deadlineHeap // clients with a token deadline, soonest first
 
-	touched   []*Client      // worker only: clients with events in the current batch
-	merged    []*event.Event // worker only: batches coalesced for one round
-	batch     Batch          // worker only: the round's staged writes; nil without batching
-	counts    []int          // worker only: deliveries of each event of the round
-	collected int            // worker only: deliveries collected so far in the round
+	touched []*Client      // worker only: clients with events in the current batch
+	merged  []*event.Event // worker only: batches coalesced for one round
+	batch   Batch          // worker only: the round's staged writes; nil without batching
+	counts  []int          // worker only: deliveries of each event of the round
 }
 
 func newShard(h *Hub) *shard {
@@ -192,22 +191,22 @@ func (s *shard) deliver(evs []*event.Event) {
 	s.counts = s.counts[:len(evs)]
 	s.mu.RLock()
 	for i, e := range evs {
-		before := s.collected
+		n := 0
 		switch {
 		case e.JobID != "":
 			for c := range s.byJob[e.JobID] {
-				s.collect(c, e)
+				n += s.collect(c, e)
 			}
 		case e.UserID != "":
 			for _, c := range s.byUser[e.UserID] {
-				s.collect(c, e)
+				n += s.collect(c, e)
 			}
 		default:
 			for _, c := range s.clients {
-				s.collect(c, e)
+				n += s.collect(c, e)
 			}
 		}
-		s.counts[i] = s.collected - before
+		s.counts[i] = n
 	}
 	s.mu.RUnlock()
 
@@ -229,21 +228,22 @@ func (s *shard) deliver(evs []*event.Event) {
 			obs.ObserveDeliveryLatency(now.Sub(e.Time), n)
 		}
 	}
-	s.collected = 0
 	clear(s.touched)
 	s.touched = s.touched[:0]
 	clear(s.merged)
 }
 
-func (s *shard) collect(c *Client, e *event.Event) {
+// collect adds e to c's batch when c may receive it, and returns how many
+// deliveries that made: 1 or 0.
+func (s *shard) collect(c *Client, e *event.Event) int {
 	if !c.sub.Matches(e) {
-		return
+		return 0
 	}
 	if len(c.batch) == 0 {
 		s.touched = append(s.touched, c)
 	}
 	c.batch = append(c.batch, e)
-	s.collected++
+	return 1
 }
 
 // uncount takes back the events of batch (collected for one client, in
