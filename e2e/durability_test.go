@@ -19,93 +19,17 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/knowledgehub/realtime/internal/syncbuf"
+	"github.com/knowledgehub/realtime/internal/proctest"
 )
 
 const (
 	durSecret     = "e2e-durability-secret-0123456789abcdef"
 	durPublishKey = "e2e-durability-publish-key"
 )
-
-// durServe is a `knowledgehub serve` process.
-type durServe struct {
-	cmd    *exec.Cmd
-	out    *syncbuf.Buffer
-	done   chan struct{}
-	err    error
-	killed bool
-}
-
-func durBuildBinary(t *testing.T) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "knowledgehub")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/knowledgehub")
-	cmd.Dir = repoDir(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-func durStartServe(t *testing.T, bin, base string, args ...string) *durServe {
-	t.Helper()
-	p := &durServe{cmd: exec.Command(bin, args...), out: &syncbuf.Buffer{}, done: make(chan struct{})}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KNOWLEDGEHUB_") {
-			p.cmd.Env = append(p.cmd.Env, kv)
-		}
-	}
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() { p.kill(t) })
-	client := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		select {
-		case <-p.done:
-			t.Fatalf("serve exited at start (%v):\n%s", p.err, p.out)
-		default:
-		}
-		if resp, err := client.Get(base + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("serve not ready within 15s:\n%s", p.out)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// kill sends SIGKILL and waits until the process is gone.
-func (p *durServe) kill(t *testing.T) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	p.killed = true
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		t.Errorf("serve pid %d still running 10s after SIGKILL", p.cmd.Process.Pid)
-	}
-}
 
 // durPublishE2E publishes one event (or a batch) and returns its ids.
 func durPublishE2E(t *testing.T, base string, body any) []string {
@@ -160,7 +84,10 @@ func durDiffIDs(got, want []string) string {
 }
 
 func TestDurabilityRestartResume(t *testing.T) {
-	bin := durBuildBinary(t)
+	bin, err := proctest.Build(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	static, browser := browserSetup(t)
 	dir := t.TempDir()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -173,7 +100,7 @@ func TestDurabilityRestartResume(t *testing.T) {
 	args := []string{"serve", "--store", "disk", "--data-dir", dir, "--addr", addr,
 		"--jwt-secret", durSecret, "--publish-keys", durPublishKey,
 		"--allowed-origins", static.URL, "--log-level", "warn"}
-	srv := durStartServe(t, bin, base, args...)
+	srv := proctest.Serve(t, bin, base, args...)
 
 	// The clients.
 	wsc := StartDriver(t, "resume-ws-client.mjs", map[string]string{"KH_WS_URL": "ws://" + addr + "/ws/notifications"})
@@ -242,7 +169,7 @@ func TestDurabilityRestartResume(t *testing.T) {
 	waitAll(published[len(published)-1])
 	beforeKill := len(published)
 
-	srv.kill(t)
+	srv.Kill(t)
 	// The clients see the connection die; nothing is published while the
 	// server is down, and it stays down long enough for reconnects to fail.
 	wsc.WaitFor(10*time.Second, "ws client noticing the kill", func(r Report) bool { return r.Str("ev") == "close" })
@@ -250,7 +177,7 @@ func TestDurabilityRestartResume(t *testing.T) {
 	browser.WaitFor(10*time.Second, "browser EventSource reconnecting", page("sse", "status", func(s Report) bool { return s.Str("state") == "reconnecting" }))
 	time.Sleep(time.Second)
 
-	_ = durStartServe(t, bin, base, args...) // stopped by the test's cleanup
+	_ = proctest.Serve(t, bin, base, args...) // stopped by the test's cleanup
 	// Published before the clients are back: they get these by replay.
 	publish("after restart", 10)
 	// Wait for every client to be connected again, then publish live.

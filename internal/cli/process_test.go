@@ -21,6 +21,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/knowledgehub/realtime/internal/devkeys"
+	"github.com/knowledgehub/realtime/internal/proctest"
 	"github.com/knowledgehub/realtime/internal/syncbuf"
 )
 
@@ -32,10 +33,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "knowledgehub")
-	build := exec.Command("go", "build", "-o", binary, "github.com/knowledgehub/realtime/cmd/knowledgehub")
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	binary, err = proctest.Build(dir)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "build the knowledgehub binary:", err)
 		_ = os.RemoveAll(dir)
 		os.Exit(1)
@@ -54,22 +53,10 @@ type proc struct {
 	err    error
 }
 
-// env is the environment of the processes: none of the caller's
-// KNOWLEDGEHUB_* settings leak in.
-func env() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KNOWLEDGEHUB_") {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
 	p := &proc{cmd: exec.Command(binary, args...), stdout: &syncbuf.Buffer{}, stderr: &syncbuf.Buffer{}, done: make(chan struct{})}
-	p.cmd.Env = env()
+	p.cmd.Env = proctest.Env()
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/knowledgehub/realtime/internal/proctest"
 	"github.com/knowledgehub/realtime/internal/redistest"
 	"github.com/knowledgehub/realtime/internal/syncbuf"
 )
@@ -120,7 +120,7 @@ func (c *cluster) waitUp(nd *node, extra []string) {
 func (nd *node) launch(t *testing.T) {
 	t.Helper()
 	cmd := exec.Command(binary, nd.args...)
-	cmd.Env = cleanEnv()
+	cmd.Env = proctest.Env()
 	out := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = sysProcAttr()
@@ -191,18 +191,6 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
-}
-
-// cleanEnv is the environment of the nodes: none of the caller's
-// KNOWLEDGEHUB_* settings leak in.
-func cleanEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KNOWLEDGEHUB_") {
-			out = append(out, kv)
-		}
-	}
-	return out
 }
 
 func freeAddr(t *testing.T) string {

@@ -39,10 +39,7 @@ import (
 	"net/http/httptrace"
 	"net/url"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"reflect"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -56,8 +53,8 @@ import (
 
 	"github.com/knowledgehub/realtime/internal/config"
 	"github.com/knowledgehub/realtime/internal/event"
+	"github.com/knowledgehub/realtime/internal/proctest"
 	"github.com/knowledgehub/realtime/internal/server/servertest"
-	"github.com/knowledgehub/realtime/internal/syncbuf"
 )
 
 // ---------------------------------------------------------------------------
@@ -414,93 +411,6 @@ func durIsEvent(m map[string]any) bool {
 // ---------------------------------------------------------------------------
 // 1. Process crash.
 
-// durRepoRoot is the module root (this file is internal/server/).
-func durRepoRoot(t testing.TB) string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("cannot locate the test sources")
-	}
-	return filepath.Dir(filepath.Dir(filepath.Dir(file)))
-}
-
-// durBuild builds the knowledgehub binary into dir.
-func durBuild(t testing.TB, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "knowledgehub")
-	cmd := exec.Command("go", "build", "-o", bin, "./cmd/knowledgehub")
-	cmd.Dir = durRepoRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
-
-// durProc is a `knowledgehub serve` process.
-type durProc struct {
-	cmd    *exec.Cmd
-	stderr *syncbuf.Buffer
-	done   chan struct{}
-	err    error
-}
-
-func durEnv() []string {
-	var out []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "KNOWLEDGEHUB_") {
-			out = append(out, kv)
-		}
-	}
-	return out
-}
-
-// durStartServe starts bin with args and waits until base/healthz answers.
-func durStartServe(t *testing.T, bin, base string, args ...string) *durProc {
-	t.Helper()
-	p := &durProc{cmd: exec.Command(bin, args...), stderr: &syncbuf.Buffer{Max: 4 << 20}, done: make(chan struct{})}
-	p.cmd.Env = durEnv()
-	p.cmd.Stdout, p.cmd.Stderr = p.stderr, p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", bin, err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	t.Cleanup(func() { p.kill(t) })
-	client := &http.Client{Timeout: time.Second}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		select {
-		case <-p.done:
-			t.Fatalf("serve exited at start (%v):\n%s", p.err, p.stderr)
-		default:
-		}
-		resp, err := client.Get(base + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return p
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("serve not ready within 15s:\n%s", p.stderr)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// kill sends SIGKILL and waits for the process to be gone.
-func (p *durProc) kill(t *testing.T) {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	select {
-	case <-p.done:
-	case <-time.After(10 * time.Second):
-		t.Errorf("serve (pid %d) still running 10s after SIGKILL", p.cmd.Process.Pid)
-	}
-}
-
 // durSent is one event of a publish attempt.
 type durSent struct {
 	Type  string
@@ -694,7 +604,10 @@ func TestDurabilityProcessCrash(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and kills it six times")
 	}
-	bin := durBuild(t, t.TempDir())
+	bin, err := proctest.Build(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	const publishKey = "crash-publish-key"
 	dir := t.TempDir()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -707,7 +620,7 @@ func TestDurabilityProcessCrash(t *testing.T) {
 	args := []string{"serve", "--store", "disk", "--data-dir", dir, "--addr", addr,
 		"--jwt-secret", "crash-secret-0123456789abcdef0123", "--publish-keys", publishKey,
 		"--history-size", "10000000", "--log-level", "warn"}
-	srv := durStartServe(t, bin, base, args...)
+	srv := proctest.Serve(t, bin, base, args...)
 
 	rec := &durRecorder{byTag: make(map[string]struct {
 		a *durAttempt
@@ -910,10 +823,10 @@ func TestDurabilityProcessCrash(t *testing.T) {
 	for round := 1; round <= kills; round++ {
 		time.Sleep(time.Duration(100+rand.IntN(700)) * time.Millisecond)
 		before := published.Load()
-		srv.kill(t)
+		srv.Kill(t)
 		killedAt := time.Now()
 		generation.Add(1)
-		srv = durStartServe(t, bin, base, args...)
+		srv = proctest.Serve(t, bin, base, args...)
 		st := check(fmt.Sprintf("after kill %d", round))
 		t.Logf("kill %d: %d events acknowledged so far (%d before the kill); restart and check took %v; history %d events: %d acknowledged verified, %d unacknowledged present, %d unacknowledged absent",
 			round, published.Load(), before, time.Since(killedAt).Round(time.Millisecond), st.retained, st.verifiedEvents, st.unackedPresent, st.unackedAbsent)
@@ -947,11 +860,11 @@ func TestDurabilityProcessCrash(t *testing.T) {
 		st.unackedPresent, st.unackedAbsent, transportErrs.Load(), refused, replays, st.retained)
 
 	// A graceful stop after all this still exits 0.
-	_ = srv.cmd.Process.Signal(syscall.SIGTERM)
+	_ = srv.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-srv.done:
-		if srv.err != nil {
-			t.Errorf("serve after SIGTERM: %v\n%s", srv.err, srv.stderr)
+	case <-srv.Done:
+		if srv.Err != nil {
+			t.Errorf("serve after SIGTERM: %v\n%s", srv.Err, srv.Out)
 		}
 	case <-time.After(15 * time.Second):
 		t.Errorf("serve did not exit within 15s of SIGTERM")
@@ -967,7 +880,10 @@ func TestDurabilityHistoryUnderPublishLoad(t *testing.T) {
 	// The node runs as its own process: what goes wrong in it must not
 	// spill into the other tests of this package (the HTTP engine's buffer
 	// pool is process-wide).
-	bin := durBuild(t, t.TempDir())
+	bin, err := proctest.Build(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	const publishKey = "history-load-publish-key"
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -976,7 +892,7 @@ func TestDurabilityHistoryUnderPublishLoad(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	base := "http://" + addr
-	proc := durStartServe(t, bin, base, "serve", "--store", "memory", "--data-dir", t.TempDir(), "--addr", addr,
+	proc := proctest.Serve(t, bin, base, "serve", "--store", "memory", "--data-dir", t.TempDir(), "--addr", addr,
 		"--jwt-secret", "history-load-secret-0123456789abcdef", "--publish-keys", publishKey,
 		"--history-size", "1000000", "--log-level", "warn")
 	n := &servertest.Node{URL: base}
@@ -1099,7 +1015,7 @@ func TestDurabilityHistoryUnderPublishLoad(t *testing.T) {
 	if len(ackedData) < 1000 {
 		t.Errorf("only %d publishes acknowledged: too light to prove anything", len(ackedData))
 	}
-	logs := proc.stderr.String()
+	logs := proc.Out.String()
 	if k := strings.Count(logs, "panic in handler"); k > 0 {
 		first := logs[strings.Index(logs, "panic in handler"):]
 		t.Errorf("the server logged %d handler panics, first: %.700s", k, first)
